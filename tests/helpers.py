@@ -1,0 +1,71 @@
+"""Tiny seeded models and assertions shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward (pre-)hooks registered anywhere in ``model``."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()
+    )
+
+
+def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor | bool]:
+    """Parameters, buffers and train flags, copied, for bit-for-bit comparison."""
+    snap: dict[str, torch.Tensor | bool] = {
+        f"p:{k}": v.detach().clone() for k, v in model.named_parameters()
+    }
+    snap.update({f"b:{k}": v.detach().clone() for k, v in model.named_buffers()})
+    snap.update({f"t:{k}": m.training for k, m in model.named_modules()})
+    return snap
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        w = after[k]
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, w), f"{k} changed"
+        else:
+            assert v == w, f"{k} changed"
+
+
+class Block(nn.Module):
+    """A user-defined residual block (not Sequential) with an in-place ReLU."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(ch)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x))) + x
+
+
+class TinyNet(nn.Module):
+    """A small CNN with nested containers, a shared conv called twice and a linear head."""
+
+    def __init__(self, in_ch: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, 8, 3, padding=1), nn.ReLU(inplace=True))
+        self.blocks = nn.ModuleList([Block(8), Block(8)])
+        self.heads = nn.ModuleDict({"down": nn.Conv2d(8, 16, 3, stride=2, padding=1)})
+        self.shared = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for b in self.blocks:
+            x = b(x)
+        x = self.heads["down"](x)
+        x = self.shared(torch.relu(self.shared(x)))  # weight sharing: called twice
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def tiny_net(seed: int = 0, **kwargs: int) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet(**kwargs)

@@ -1,0 +1,241 @@
+"""Write filter grids, feature-map grids, images and scalars to TensorBoard.
+
+Tags:
+
+- ``filters/<layer>``: a conv layer's filters (:func:`~torch_featureviz.make_filter_grid`);
+- ``feature_maps/<mode>/<layer>``: a capture's maps, ``mode`` being ``hook`` or ``chain``;
+- ``input/<name>``: the input image.
+
+Grids are written as PNGs with their own channel count (single-channel for grayscale grids).
+
+TensorBoard keeps only 10 images per tag when it loads logs; to scrub through every logged step,
+start it with ``tensorboard --logdir DIR --samples_per_plugin images=1000``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from torch_featureviz._png import encode_png, to_hwc_numpy
+from torch_featureviz._validation import check_writable_dir
+from torch_featureviz.discovery import find_conv_layers
+from torch_featureviz.render import (
+    FilterChannel,
+    make_feature_grid,
+    make_filter_grid,
+    to_display_image,
+)
+
+__all__ = ["TensorBoardWriter", "layer_tag", "tensorboard_command"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def layer_tag(name: str) -> str:
+    """Make a qualified layer name safe inside a TensorBoard tag.
+
+    Module names are user-controlled (``nn.ModuleDict`` keys may hold spaces, slashes or
+    unicode); anything outside ``[A-Za-z0-9_.-]`` becomes ``_`` so a name can neither add tag
+    levels nor break TensorBoard's URLs. A second call of a module (``conv#1``) becomes
+    ``conv_call1``; the empty name (the model itself) becomes ``model``.
+    """
+    name = re.sub(r"#(\d+)$", r"_call\1", name)
+    return _UNSAFE.sub("_", name) or "model"
+
+
+def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 1000) -> str:
+    """The command that shows ``log_dir`` with every logged image step kept."""
+    return (
+        f"tensorboard --logdir {os.fspath(log_dir)} --samples_per_plugin images={images} "
+        "--host 127.0.0.1"
+    )
+
+
+class TensorBoardWriter:
+    """Log torch_featureviz grids through a ``torch.utils.tensorboard.SummaryWriter``.
+
+    Args:
+        log_dir: a directory (created if needed), or an existing ``SummaryWriter`` (for example
+            a Lightning logger's ``experiment``), which this writer then does not close.
+        png_level: zlib level of the PNGs, 0 (fastest) to 9 (smallest).
+        filter_channel: how deep filters become tiles (see
+            :func:`~torch_featureviz.make_filter_grid`).
+        max_filters: filters per filter grid.
+        cmap: a matplotlib colormap for feature maps; ``None`` writes grayscale.
+
+    Example::
+
+        >>> import tempfile, torch, torchvision
+        >>> from torch_featureviz import FeatureCapture
+        >>> model = torchvision.models.resnet18().eval()
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> with FeatureCapture(model, max_channels=16) as cap, torch.no_grad():
+        ...     _ = model(x)
+        >>> with TensorBoardWriter(tempfile.mkdtemp()) as tb:
+        ...     tb.log_filters(model, step=0)
+        ...     tb.log_feature_maps(cap.maps, step=0)
+        ...     tb.log_image(x, step=0)
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str] | Any,
+        *,
+        png_level: int = 1,
+        filter_channel: FilterChannel = "auto",
+        max_filters: int | None = 64,
+        cmap: str | None = None,
+    ) -> None:
+        if not isinstance(png_level, int) or not 0 <= png_level <= 9:
+            raise ValueError(f"png_level must be an int in 0..9, got {png_level!r}.")
+        self.png_level = png_level
+        self.filter_channel = filter_channel
+        self.max_filters = max_filters
+        self.cmap = cmap
+        if isinstance(log_dir, (str, os.PathLike)):
+            path = Path(log_dir)
+            check_writable_dir(path)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(path))
+            self._owns_writer = True
+        elif hasattr(log_dir, "_get_file_writer") and hasattr(log_dir, "add_scalar"):
+            self.writer = log_dir
+            self._owns_writer = False
+        else:
+            raise TypeError(
+                "log_dir must be a directory path or a torch.utils.tensorboard.SummaryWriter, "
+                f"got {type(log_dir).__name__}."
+            )
+        self.closed = False
+
+    @property
+    def log_dir(self) -> str:
+        """The directory the event files go to."""
+        return str(self.writer.get_logdir())
+
+    # -- primitives -----------------------------------------------------------------------------
+    def log_grid(self, tag: str, grid: torch.Tensor, step: int, *, walltime: float | None = None) -> None:
+        """Write one ``(C, H, W)`` uint8 grid (C = 1 or 3) as a PNG image under ``tag``."""
+        self._check_open()
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        pixels = to_hwc_numpy(grid)
+        h, w, c = pixels.shape
+        image = Summary.Image(
+            height=h, width=w, colorspace=c, encoded_image_string=encode_png(pixels, level=self.png_level)
+        )
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self.writer._get_file_writer().add_summary(summary, int(step), walltime)
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        """Write one scalar."""
+        self._check_open()
+        self.writer.add_scalar(tag, float(value), int(step))
+
+    # -- what users log -------------------------------------------------------------------------
+    def log_filters(
+        self,
+        model_or_layers: nn.Module | Mapping[str, nn.Conv2d | torch.Tensor],
+        step: int,
+        *,
+        layers: Any = None,
+    ) -> list[str]:
+        """Write a filter grid for each conv layer, under ``filters/<layer>``.
+
+        Args:
+            model_or_layers: a model (its convs are found, filtered by ``layers`` globs) or a
+                mapping of name to ``nn.Conv2d`` or weight tensor.
+            step: the global step.
+
+        Returns:
+            The tags written.
+        """
+        if isinstance(model_or_layers, nn.Module):
+            weights: Mapping[str, Any] = find_conv_layers(model_or_layers, include=layers)
+        elif isinstance(model_or_layers, Mapping):
+            weights = model_or_layers
+        else:
+            raise TypeError(
+                "log_filters takes a model or a {name: conv} mapping, got "
+                f"{type(model_or_layers).__name__}."
+            )
+        grids = {
+            name: make_filter_grid(w, channel=self.filter_channel, max_filters=self.max_filters)
+            for name, w in weights.items()
+        }
+        return self._log_grids("filters", grids, step)
+
+    def log_feature_maps(
+        self,
+        maps: Mapping[str, torch.Tensor],
+        step: int,
+        *,
+        mode: Literal["hook", "chain"] | str = "hook",
+    ) -> list[str]:
+        """Write a grid for each ``(C, H, W)`` map, under ``feature_maps/<mode>/<layer>``.
+
+        Returns:
+            The tags written.
+        """
+        if not isinstance(maps, Mapping):
+            raise TypeError(f"maps must be a {{name: tensor}} mapping, got {type(maps).__name__}.")
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(mode)):
+            raise ValueError(f"mode must be a simple word such as 'hook' or 'chain', got {mode!r}.")
+        grids = {name: make_feature_grid(m, cmap=self.cmap) for name, m in maps.items()}
+        return self._log_grids(f"feature_maps/{mode}", grids, step)
+
+    def log_image(self, image: torch.Tensor, step: int, *, name: str = "image") -> str:
+        """Write the input image (``(C, H, W)`` or ``(1, C, H, W)``, any scale) under ``input/<name>``."""
+        tag = f"input/{layer_tag(name)}"
+        self.log_grid(tag, to_display_image(image), step)
+        return tag
+
+    def _log_grids(self, prefix: str, grids: Mapping[str, torch.Tensor], step: int) -> list[str]:
+        tags: list[str] = []
+        used: set[str] = set()
+        for name, grid in grids.items():
+            tag = f"{prefix}/{layer_tag(name)}"
+            base, k = tag, 2
+            while tag in used:  # two names that sanitise alike must not share a tag
+                tag, k = f"{base}_{k}", k + 1
+            used.add(tag)
+            self.log_grid(tag, grid, step)
+            tags.append(tag)
+        return tags
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this TensorBoardWriter is closed; create a new one.")
+
+    def flush(self) -> None:
+        """Flush pending events to disk."""
+        if not self.closed:
+            self.writer.flush()
+
+    def close(self) -> None:
+        """Flush, and close the SummaryWriter if this writer created it. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._owns_writer:
+            self.writer.close()
+        else:
+            self.writer.flush()
+
+    def __enter__(self) -> TensorBoardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TensorBoardWriter({self.log_dir!r}, closed={self.closed})"
