@@ -8,9 +8,7 @@ from torch import nn
 
 def hook_count(model: nn.Module) -> int:
     """Forward (pre-)hooks registered anywhere in ``model``."""
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor | bool]:

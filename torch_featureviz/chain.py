@@ -67,7 +67,7 @@ def chain_feature_maps(
     x = check_image_batch(image, in_channels=extractor.CNN_layers[0].in_channels, sample=sample)
     maps: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for name, layer in zip(extractor.CNN_names, extractor.CNN_layers):
+        for name, layer in zip(extractor.CNN_names, extractor.CNN_layers, strict=True):
             if x.shape[1] != layer.in_channels:
                 raise ValueError(
                     f"the chain breaks at {name!r}: it expects {layer.in_channels} input "

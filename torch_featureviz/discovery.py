@@ -135,7 +135,9 @@ class Extractor:
     """
 
     def __init__(
-        self, model: nn.Module | Sequence[nn.Module], DS_layer_name: str = "downsample"  # noqa: N803
+        self,
+        model: nn.Module | Sequence[nn.Module],
+        DS_layer_name: str = "downsample",  # noqa: N803
     ) -> None:
         if isinstance(model, nn.Module):
             root = unwrap_model(model)

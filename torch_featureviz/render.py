@@ -200,7 +200,9 @@ def _colormap_lut(name: str) -> torch.Tensor:
     try:
         cmap = colormaps[name]
     except KeyError:
-        raise ValueError(f"unknown matplotlib colormap {name!r}; try 'viridis' or 'magma'.") from None
+        raise ValueError(
+            f"unknown matplotlib colormap {name!r}; try 'viridis' or 'magma'."
+        ) from None
     values = cmap(torch.linspace(0, 1, 256).numpy())[:, :3]
     return (torch.from_numpy(values) * 255).round().to(torch.uint8)
 

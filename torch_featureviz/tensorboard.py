@@ -122,7 +122,9 @@ class TensorBoardWriter:
         return str(self.writer.get_logdir())
 
     # -- primitives -----------------------------------------------------------------------------
-    def log_grid(self, tag: str, grid: torch.Tensor, step: int, *, walltime: float | None = None) -> None:
+    def log_grid(
+        self, tag: str, grid: torch.Tensor, step: int, *, walltime: float | None = None
+    ) -> None:
         """Write one ``(C, H, W)`` uint8 grid (C = 1 or 3) as a PNG image under ``tag``."""
         self._check_open()
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -130,7 +132,10 @@ class TensorBoardWriter:
         pixels = to_hwc_numpy(grid)
         h, w, c = pixels.shape
         image = Summary.Image(
-            height=h, width=w, colorspace=c, encoded_image_string=encode_png(pixels, level=self.png_level)
+            height=h,
+            width=w,
+            colorspace=c,
+            encoded_image_string=encode_png(pixels, level=self.png_level),
         )
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])
         self.writer._get_file_writer().add_summary(summary, int(step), walltime)
@@ -193,7 +198,11 @@ class TensorBoardWriter:
         return self._log_grids(f"feature_maps/{mode}", grids, step)
 
     def log_image(self, image: torch.Tensor, step: int, *, name: str = "image") -> str:
-        """Write the input image (``(C, H, W)`` or ``(1, C, H, W)``, any scale) under ``input/<name>``."""
+        """Write the input image under ``input/<name>``.
+
+        Args:
+            image: ``(C, H, W)`` or ``(1, C, H, W)``, any scale (it is min-max scaled as one).
+        """
         tag = f"input/{layer_tag(name)}"
         self.log_grid(tag, to_display_image(image), step)
         return tag
