@@ -1,11 +1,19 @@
 """Read images with torchvision's own decoders and prepare them for a model.
 
-No OpenCV and no download: the built-in image is the photo matplotlib ships as sample data.
+No OpenCV and no download: the built-in image is the photo matplotlib ships as sample data
+(Grace Hopper's portrait).
+
+:func:`load_image` accepts PNG and JPEG files of any size and colour type: grayscale (with or
+without alpha), palette, RGB, RGBA, CMYK JPEG and 16-bit PNG. With ``channels=3`` grayscale is
+repeated to 3 channels and alpha is dropped. A missing, empty, non-image, truncated or corrupt
+file raises an exception with a one-line message that names the file.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -16,48 +24,105 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "load_image", "preprocess", "sample_
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# torchvision's C++ errors start with "function, /path/to/file.cpp:171, "; keep the sentence only.
+_CPP_PREFIX = re.compile(r"^.*?\.(?:cpp|h|hpp):\d+,\s*")
+
 
 def sample_image_path() -> Path:
-    """The built-in image: Grace Hopper's portrait from matplotlib's sample data (no download)."""
+    """The built-in image: Grace Hopper's portrait from matplotlib's sample data (no download).
+
+    Example::
+
+        >>> sample_image_path().name
+        'grace_hopper.jpg'
+    """
     from matplotlib import cbook
 
     return Path(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+
+
+def _decoder_error(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    text = _CPP_PREFIX.sub("", lines[0]) if lines else ""
+    return text or type(e).__name__
+
+
+def _decode_kwargs() -> dict[str, bool]:
+    from torchvision.io import decode_image
+
+    # apply_exif_orientation arrived in torchvision 0.16; phone photos need it to stand upright.
+    if "apply_exif_orientation" in inspect.signature(decode_image).parameters:
+        return {"apply_exif_orientation": True}
+    return {}
 
 
 def load_image(path: str | os.PathLike[str] | None = None, *, channels: int = 3) -> torch.Tensor:
     """Decode a PNG or JPEG file into a ``(C, H, W)`` float32 tensor in [0, 1].
 
     Grayscale images are repeated to 3 channels and RGBA loses its alpha when ``channels=3``;
-    ``channels=1`` gives grayscale.
+    ``channels=1`` gives grayscale. 16-bit PNGs are scaled by 65535, 8-bit images by 255.
 
     Args:
-        path: the file; ``None`` loads the built-in image.
+        path: the file; ``None`` loads the built-in image (:func:`sample_image_path`).
         channels: 3 (RGB) or 1 (grayscale).
 
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a PNG or JPEG, or it is truncated or corrupt.
-    """
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    Returns:
+        ``(channels, H, W)`` float32 tensor with values in [0, 1], at the file's own size.
 
+    Raises:
+        TypeError: ``path`` is not a path, or ``channels`` not an int.
+        ValueError: ``channels`` is not 1 or 3; the file is empty, not a PNG or JPEG, or it is
+            truncated or corrupt.
+        FileNotFoundError: no such file.
+        OSError: the file exists but cannot be read (a directory, no permission).
+
+    Example::
+
+        >>> load_image().shape
+        torch.Size([3, 600, 512])
+    """
+    from torchvision.io import ImageReadMode, decode_image
+
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise TypeError(f"channels must be the int 1 or 3, got {type(channels).__name__}.")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}.")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"path must be a str or os.PathLike (or None for the built-in image), got "
+            f"{type(path).__name__}."
+        )
     p = sample_image_path() if path is None else Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"image not found: {str(p)!r}")
+        raise FileNotFoundError(f"image not found: {str(p)!r}; check the path.")
     if p.is_dir():
-        raise ValueError(f"{str(p)!r} is a directory, not an image file.")
-    data = read_file(str(p))
-    head = bytes(data[:8].tolist())
-    if not (head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8")):
-        raise ValueError(f"{str(p)!r} is not a PNG or JPEG image.")
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+        raise IsADirectoryError(f"{str(p)!r} is a directory, not an image file.")
     try:
-        img = decode_image(data, mode=mode)
+        data = p.read_bytes()
+    except OSError as e:
+        raise OSError(f"cannot read image {str(p)!r}: {e.strerror or e}.") from e
+    if not data:
+        raise ValueError(f"{str(p)!r} is empty (0 bytes), not an image.")
+    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
+        raise ValueError(
+            f"{str(p)!r} is not a PNG or JPEG image (it starts with {data[:8]!r}); "
+            "convert it to PNG or JPEG."
+        )
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        img = decode_image(raw, mode=mode, **_decode_kwargs())
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{str(p)!r} is truncated or corrupt: {first}") from e
-    return img.float().div_(255.0)
+        raise ValueError(f"{str(p)!r} is truncated or corrupt: {_decoder_error(e)}.") from e
+    if img.dtype == torch.uint8:
+        scale = 255.0
+    elif img.dtype in (torch.int32, torch.int64) or str(img.dtype) == "torch.uint16":
+        scale = 65535.0  # 16-bit PNG (uint16 on new torchvision, int32 on some older ones)
+    else:
+        return img.float()
+    return img.float().div_(scale)
 
 
 def preprocess(
@@ -68,14 +133,47 @@ def preprocess(
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> torch.Tensor:
     """The documented default transform: resize the short side to ``size``, centre-crop to
-    ``size`` x ``size``, normalise with ``mean``/``std``. Returns ``(1, C, size, size)``.
+    ``size`` x ``size``, normalise with ``mean``/``std``.
+
+    This is what the CLI uses when no ``--weights`` are given; with weights, the weights' own
+    ``.transforms()`` are used instead.
+
+    Args:
+        image: ``(C, H, W)`` float tensor in [0, 1], as returned by :func:`load_image`.
+        size: the side of the square output.
+        mean, std: per-channel normalisation (ImageNet's by default); a 1-channel image uses the
+            first entry.
+
+    Returns:
+        ``(1, C, size, size)`` float tensor; ``image`` is not modified.
+
+    Raises:
+        TypeError: ``image`` is not a tensor or ``size`` not an int.
+        ValueError: ``image`` is not 3-D or ``size`` < 1.
+
+    Example::
+
+        >>> preprocess(load_image(), size=64).shape
+        torch.Size([1, 3, 64, 64])
     """
     from torchvision.transforms import functional as tvf
 
-    if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        raise ValueError("image must be a (C, H, W) tensor; use load_image() to read a file.")
-    x = tvf.resize(image, [size], antialias=True)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(
+            f"image must be a (C, H, W) tensor, got {type(image).__name__}; "
+            "use load_image() to read a file."
+        )
+    if image.dim() != 3:
+        raise ValueError(
+            f"image must be a (C, H, W) tensor, got shape {tuple(image.shape)}; "
+            "use load_image() to read a file."
+        )
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, got {type(size).__name__}.")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}.")
+    x = tvf.resize(image.float(), [size], antialias=True)
     x = tvf.center_crop(x, [size, size])
     c = x.shape[0]
-    x = tvf.normalize(x, list(mean)[:c] if c < len(mean) else list(mean), list(std)[:c])
+    x = tvf.normalize(x, list(mean)[:c], list(std)[:c])
     return x.unsqueeze(0)
