@@ -353,3 +353,30 @@ def test_probe_pass_restores_rng_for_models_that_sample_in_eval():
     rng = torch.get_rng_state()
     capture_feature_maps(model, probe)
     assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_hooks_work_where_fx_tracing_breaks():
+    """PITFALLS 4: data-dependent control flow defeats FX tracing, not module hooks."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1)
+            self.c = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            x = self.a(x)
+            if x.mean() > 0:  # data-dependent: FX cannot trace this
+                return self.b(x)
+            return self.c(x)
+
+    model = Branchy()
+    with pytest.raises(Exception):  # noqa: B017 - torch.fx raises TraceError
+        create_feature_extractor(model, return_nodes=["a"])
+    x = torch.randn(1, 3, 6, 6)
+    with FeatureCapture(model) as cap, torch.no_grad():
+        model(x)
+    taken = "b" if model.a(x).mean() > 0 else "c"
+    assert set(cap.maps) == {"a", taken}

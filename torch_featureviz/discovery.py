@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from torch_featureviz._validation import check_module, select_names
@@ -165,10 +166,10 @@ class Extractor:
 
     def _reset(self) -> None:
         self.CNN_layers: list[nn.Conv2d] = []
-        self.CNN_weights: list[nn.Parameter] = []
+        self.CNN_weights: list[torch.Tensor] = []
         self.CNN_names: list[str] = []
         self.Linear_layers: list[nn.Linear] = []
-        self.Linear_weights: list[nn.Parameter] = []
+        self.Linear_weights: list[torch.Tensor] = []
         self.Linear_names: list[str] = []
         self.DS_layers: list[nn.Conv2d] = []
         self.DS_names: list[str] = []
