@@ -1,0 +1,1048 @@
+#!/usr/bin/env python
+"""Benchmark torch_featureviz: hook mode vs chain mode vs peers, and end-to-end logging.
+
+Run from the repository root::
+
+    python benchmarks/bench_featureviz.py            # full run on CUDA if present, else CPU
+    python benchmarks/bench_featureviz.py --quick    # < 1 minute on CPU
+    python benchmarks/bench_featureviz.py --device cpu --json out.json --markdown out.md
+
+What is measured (see benchmarks/RESULTS.md for the definitions in prose):
+
+* Per model (random weights, eval mode, ``torch.no_grad()``) and input size/batch: the bare
+  forward (the floor), then as ratios to it: hook capture of every conv (``FeatureCapture``, the
+  package default of the first 64 channels of sample 0, and all channels), chain mode, and peers
+  doing the same work: torchvision ``create_feature_extractor`` returning every conv output,
+  naive hooks keeping a full ``.detach().cpu()`` copy of every conv output, and, when installed,
+  captum ``LayerActivation`` and torchlens. Timings are medians after warm-up; variants run
+  interleaved, round-robin, and each ratio is the median of per-round ratios to the bare forward
+  of the same round (robust to a machine whose load drifts). On CUDA, CUDA events with
+  synchronisation.
+* Chain fidelity: per conv layer, the cosine similarity between the chain map and the real (hook)
+  map of the same layer, both the first 64 channels of sample 0. Chain maps skip pooling and
+  strides between convs, so their spatial size can differ (2x on ResNets): both maps are
+  ``adaptive_avg_pool2d``-ed to the smaller height and width, then flattened over channels and
+  pixels. Summarised as median and minimum over layers.
+* Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` around one call of each variant; on
+  CPU the peak resident set size (``VmHWM``) of one call, measured in a separate process whose
+  glibc ``malloc`` returns every block >= 64 KiB to the OS on free (``mallopt``), with the peak
+  reset through ``/proc/self/clear_refs`` before each variant.
+* End to end: the forward pass with capture of every conv layer of resnet50 for one 224 image,
+  then a grid per layer written to disk, in three ways: torch_featureviz (``TensorBoardWriter``),
+  torchvision ``make_grid`` + ``SummaryWriter.add_image``, and the original article's pyplot
+  path (an 8x8 grid of subplots on a 30x30-inch figure per layer, then ``savefig``).
+
+The script is also loaded by ``featureviz bench`` (through importlib/runpy): :func:`main` is the
+entry point and the module uses no relative imports.
+"""
+
+# No `from __future__ import annotations`: `featureviz bench` loads this file with importlib
+# without registering it in sys.modules, and dataclasses then cannot resolve string annotations.
+
+import argparse
+import contextlib
+import ctypes
+import functools
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+try:
+    import torch_featureviz as fv
+except ImportError:  # run from a checkout without installing: the package sits next to us
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import torch_featureviz as fv
+
+__all__ = ["main", "run_benchmark"]
+
+SCHEMA_VERSION = 1
+BENCH_DIR = Path(__file__).resolve().parent
+MODELS = ("resnet18", "resnet50", "vgg16", "mobilenet_v3_large", "convnext_tiny")
+#: Channels kept per map by hook capture, chain mode and every end-to-end path (an 8x8 grid).
+MAX_CHANNELS = 64
+#: dpi of the article path's 30x30-inch figures: 1500x1500 px, so each of the 8x8 panels is
+#: ~170 px, above the largest resnet50 map (112 px): nothing is lost, and the baseline is faster
+#: than at matplotlib's default of 100 dpi (which gives the same picture at 3000x3000 px).
+ARTICLE_DPI = 50
+ARTICLE_INCHES = 30
+CHILD_MARKER = "@@BENCH-CHILD-RESULT@@"
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """What one run measures."""
+
+    device: str
+    quick: bool
+    models: tuple[str, ...]
+    sizes: tuple[int, ...]
+    batches: tuple[int, ...]
+    warmup: int
+    repeats: int
+    min_repeats: int
+    #: Seconds of timed calls spent at most on one variant of one case (slow peers get fewer
+    #: repeats, never fewer than ``min_repeats``).
+    budget_s: float
+    captum: bool
+    torchlens: bool
+    e2e_model: str
+    e2e_size: int
+    #: Conv layers logged end to end; ``None`` means every conv layer.
+    e2e_layers: int | None
+    e2e_repeats: int
+    article_repeats: int
+
+
+def make_config(
+    device: str,
+    *,
+    quick: bool,
+    models: Sequence[str] | None = None,
+    sizes: Sequence[int] | None = None,
+    peers: bool = True,
+) -> Config:
+    """The full or quick configuration for ``device``."""
+    cuda = device.startswith("cuda")
+    have_captum = peers and _importable("captum")
+    have_torchlens = peers and _importable("torchlens")
+    if quick:
+        return Config(
+            device=device,
+            quick=True,
+            models=tuple(models or ("resnet18",)),
+            sizes=tuple(sizes or (128,)),
+            batches=(1,),
+            warmup=1,
+            repeats=3,
+            min_repeats=3,
+            budget_s=2.0,
+            captum=have_captum,
+            torchlens=False,
+            e2e_model="resnet18",
+            e2e_size=224,
+            e2e_layers=3,
+            e2e_repeats=3,
+            article_repeats=1,
+        )
+    return Config(
+        device=device,
+        quick=False,
+        models=tuple(models or MODELS),
+        sizes=tuple(sizes or (128, 224)),
+        batches=(1, 32) if cuda else (1,),
+        warmup=2,
+        repeats=11 if cuda else 7,
+        min_repeats=3,
+        budget_s=4.0 if cuda else 6.0,
+        captum=have_captum,
+        torchlens=have_torchlens,
+        e2e_model="resnet50",
+        e2e_size=224,
+        e2e_layers=None,
+        e2e_repeats=5,
+        article_repeats=1,
+    )
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:  # an optional peer that fails to import is simply absent
+        return False
+    return True
+
+
+def _version(name: str) -> str | None:
+    try:
+        return str(importlib.import_module(name).__version__)
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# models, inputs, timing
+# ---------------------------------------------------------------------------------------------
+def build_model(name: str, device: str) -> nn.Module:
+    """A torchvision model with seeded random weights, in eval mode, on ``device``."""
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None).eval().to(device)
+
+
+def build_input(size: int, batch: int, device: str) -> torch.Tensor:
+    """The built-in photo, preprocessed to ``size``, repeated ``batch`` times."""
+    x = fv.preprocess(fv.load_image(), size=size)
+    return x.expand(batch, -1, -1, -1).contiguous().to(device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Variant:
+    """One way of doing the work: ``setup`` and ``teardown`` are not timed, ``run`` is."""
+
+    name: str
+    run: Callable[[], Any]
+    setup: Callable[[], None] = lambda: None
+    teardown: Callable[[], None] = lambda: None
+
+
+def _timed_call(v: Variant, device: str) -> float:
+    """Seconds one ``v.run()`` takes (CUDA events on GPU), setup/teardown excluded."""
+    v.setup()
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = v.run()
+            end.record()
+            end.synchronize()
+            torch.cuda.synchronize()
+            seconds = start.elapsed_time(end) / 1000.0
+        else:
+            t0 = time.perf_counter()
+            out = v.run()
+            seconds = time.perf_counter() - t0
+        del out
+    finally:
+        v.teardown()
+    return seconds
+
+
+def time_variants(
+    variants: list[Variant], cfg: Config, errors: dict[str, str]
+) -> dict[str, list[float]]:
+    """Warm up each variant, then time them round-robin; failures go to ``errors``."""
+    last: dict[str, float] = {}
+    alive: list[Variant] = []
+    for v in variants:
+        try:
+            for _ in range(max(1, cfg.warmup)):
+                last[v.name] = _timed_call(v, cfg.device)
+            alive.append(v)
+        except Exception as e:  # a peer that cannot do this model is reported, not fatal
+            errors[v.name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+    want = {
+        v.name: max(cfg.min_repeats, min(cfg.repeats, int(cfg.budget_s / max(last[v.name], 1e-9))))
+        for v in alive
+    }
+    times: dict[str, list[float]] = {v.name: [] for v in alive}
+    for r in range(cfg.repeats):
+        gc.collect()
+        order = alive[r % len(alive) :] + alive[: r % len(alive)] if alive else []
+        # The bare forward runs every round so each variant has a same-round floor to divide by.
+        for v in order:
+            if v.name == "bare" or len(times[v.name]) < want[v.name]:
+                times[v.name].append(_timed_call(v, cfg.device))
+        if all(len(times[n]) >= want[n] for n in times):
+            break
+    return times
+
+
+def paired_ratio(times: list[float], bare: list[float]) -> float:
+    """Median over rounds of ``times[r] / bare[r]`` (variants are timed round-robin)."""
+    return statistics.median(t / b for t, b in zip(times, bare, strict=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# the variants
+# ---------------------------------------------------------------------------------------------
+class _HookCapture:
+    """torch_featureviz hook mode; a fresh ``FeatureCapture`` is attached per call."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, max_channels: int | None) -> None:
+        self.model, self.x, self.max_channels = model, x, max_channels
+        self.cap: fv.FeatureCapture | None = None
+
+    def setup(self) -> None:
+        self.cap = fv.FeatureCapture(self.model, max_channels=self.max_channels).attach()
+
+    def run(self) -> dict[str, torch.Tensor]:
+        assert self.cap is not None
+        self.model(self.x)
+        return self.cap.maps
+
+    def teardown(self) -> None:
+        if self.cap is not None:
+            self.cap.remove()
+        self.cap = None
+
+
+class _NaiveHooks:
+    """What people write first: a hook per conv keeping ``output.detach().cpu()`` (a copy)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, convs: dict[str, nn.Conv2d]) -> None:
+        self.model, self.x, self.convs = model, x, convs
+        self.store: dict[str, torch.Tensor] = {}
+        self.handles: list[Any] = []
+
+    def _hook(self, name: str, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        # copy=True: on CPU a bare .cpu() returns the same tensor, which an in-place ReLU
+        # then overwrites; a real copy is the same work on both devices.
+        self.store[name] = output.detach().to("cpu", copy=True)
+
+    def setup(self) -> None:
+        self.store = {}
+        self.handles = [
+            m.register_forward_hook(functools.partial(self._hook, n)) for n, m in self.convs.items()
+        ]
+
+    def run(self) -> dict[str, torch.Tensor]:
+        self.model(self.x)
+        return self.store
+
+    def teardown(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.store = [], {}
+
+
+def build_variants(
+    model: nn.Module, x: torch.Tensor, cfg: Config, info: dict[str, Any]
+) -> list[Variant]:
+    """Every variant for one case, in table order (torchlens runs in its own process)."""
+    convs = fv.find_conv_layers(model)
+    hook64 = _HookCapture(model, x, MAX_CHANNELS)
+    hook_all = _HookCapture(model, x, None)
+    naive = _NaiveHooks(model, x, convs)
+    variants = [
+        Variant("bare", lambda: model(x)),
+        Variant("hook", hook64.run, hook64.setup, hook64.teardown),
+        Variant("hook_all", hook_all.run, hook_all.setup, hook_all.teardown),
+        Variant("chain", lambda: fv.chain_feature_maps(model, x, max_channels=MAX_CHANNELS)),
+    ]
+    try:
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        t0 = time.perf_counter()
+        fx = create_feature_extractor(model, return_nodes=list(convs))
+        info["fx_build_s"] = time.perf_counter() - t0
+        variants.append(Variant("fx", lambda: fx(x)))
+    except Exception as e:  # FX cannot trace some models: that is a result, not a crash
+        info.setdefault("errors", {})["fx"] = f"{type(e).__name__}: {str(e)[:200]}"
+    variants.append(Variant("naive", naive.run, naive.setup, naive.teardown))
+    if cfg.captum:
+        from captum.attr import LayerActivation
+
+        holder: dict[str, Any] = {}
+
+        def captum_setup() -> None:
+            holder["la"] = LayerActivation(model, list(convs.values()))
+
+        variants.append(
+            Variant("captum", lambda: holder["la"].attribute(x), captum_setup, holder.clear)
+        )
+    return variants
+
+
+VARIANT_LABELS = {
+    "bare": "bare forward",
+    "hook": f"hook, {MAX_CHANNELS} ch",
+    "hook_all": "hook, all ch",
+    "chain": "chain",
+    "fx": "fx extractor",
+    "naive": "naive .cpu()",
+    "captum": "captum",
+    "torchlens": "torchlens",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# chain fidelity
+# ---------------------------------------------------------------------------------------------
+def chain_fidelity(
+    hook_maps: dict[str, torch.Tensor], chain_maps: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Per-layer cosine similarity of chain maps against real maps, pooled to a common size."""
+    sims: dict[str, float] = {}
+    resized = 0
+    for name, c in chain_maps.items():
+        h = hook_maps.get(name)
+        if h is None or h.shape[0] != c.shape[0]:
+            continue
+        size = (min(h.shape[1], c.shape[1]), min(h.shape[2], c.shape[2]))
+        if h.shape[1:] != c.shape[1:]:
+            resized += 1
+        a = torch.nn.functional.adaptive_avg_pool2d(h.double().unsqueeze(0), size).flatten()
+        b = torch.nn.functional.adaptive_avg_pool2d(c.double().unsqueeze(0), size).flatten()
+        sims[name] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    if not sims:
+        return {"layers": 0}
+    worst = min(sims, key=sims.__getitem__)
+    return {
+        "layers": len(sims),
+        "resized_layers": resized,
+        "median": statistics.median(sims.values()),
+        "min": sims[worst],
+        "min_layer": worst,
+        "per_layer": sims,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# peak memory
+# ---------------------------------------------------------------------------------------------
+_MB = 1024.0 * 1024.0
+
+
+def _proc_status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _prepare_rss_measurement() -> None:
+    """Make freed tensors leave the resident set, so peaks of successive variants are separable."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_mmap_threshold = -3
+    if libc.mallopt(m_mmap_threshold, 64 * 1024) != 1:
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed")
+    with open("/proc/self/clear_refs", "w") as f:  # fail now, not halfway, if not permitted
+        f.write("5")
+
+
+def measure_memory(variants: list[Variant], device: str) -> dict[str, dict[str, float]]:
+    """Peak memory of one call of each variant, after one warm-up call of every variant.
+
+    Returns ``{name: {"peak_mb": ..., "extra_mb": ...}}``: the peak during the call and how far
+    it rose above the memory in use just before the call (model and input included in the
+    peak, not in the extra).
+    """
+    cuda = device.startswith("cuda")
+    libc = None if cuda else ctypes.CDLL("libc.so.6")
+    ok: list[Variant] = []
+    for v in variants:
+        try:
+            _timed_call(v, device)
+            ok.append(v)
+        except Exception:
+            continue  # the timing pass reports the error
+    result: dict[str, dict[str, float]] = {}
+    for v in ok:
+        v.setup()
+        try:
+            gc.collect()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                out = v.run()
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated()
+            else:
+                assert libc is not None
+                libc.malloc_trim(0)
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+                base = _proc_status_kb("VmRSS") * 1024
+                out = v.run()
+                peak = _proc_status_kb("VmHWM") * 1024
+            del out
+        finally:
+            v.teardown()
+        result[v.name] = {"peak_mb": peak / _MB, "extra_mb": max(peak - base, 0) / _MB}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# child processes: CPU memory (clean allocator state) and torchlens (wraps torch globally)
+# ---------------------------------------------------------------------------------------------
+def _run_child(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run ``job`` in a fresh interpreter running this file; return its JSON result."""
+    env = dict(os.environ)
+    root = str(BENCH_DIR.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(job)]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"child {job['job']} timed out after {timeout_s:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(CHILD_MARKER):
+            return dict(json.loads(line[len(CHILD_MARKER) :]))
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": f"child {job['job']} failed (exit {proc.returncode}): {' | '.join(tail)}"}
+
+
+def _child_main(job: dict[str, Any]) -> int:
+    cfg = Config(**job["config"])
+    out: dict[str, Any] = {}
+    if job["job"] == "memory":
+        _prepare_rss_measurement()
+        with torch.no_grad():
+            for model_name, size, batch in job["cases"]:
+                model = build_model(model_name, cfg.device)
+                x = build_input(size, batch, cfg.device)
+                variants = build_variants(model, x, cfg, {})
+                out[f"{model_name}/{size}/{batch}"] = measure_memory(variants, cfg.device)
+                del model, x, variants
+    elif job["job"] == "torchlens":
+        out = _torchlens_child(cfg, job["cases"])
+    print(CHILD_MARKER + json.dumps(out), flush=True)
+    return 0
+
+
+def _torchlens_child(cfg: Config, cases: list[list[Any]]) -> dict[str, Any]:
+    """Time torchlens against a bare forward measured first in the same process."""
+    import torchlens
+    from torchlens.options import CaptureOptions
+
+    out: dict[str, Any] = {}
+    pending_memory: list[tuple[str, list[Variant]]] = []
+    with torch.no_grad():
+        for model_name, size, batch in cases:
+            model = build_model(model_name, cfg.device)
+            x = build_input(size, batch, cfg.device)
+            bare = Variant("bare", functools.partial(model, x))
+            tl = Variant(
+                "torchlens",
+                functools.partial(
+                    torchlens.trace,
+                    model,
+                    x,
+                    save=torchlens.func("conv2d"),
+                    capture=CaptureOptions(unwrap_when_done=True),
+                ),
+            )
+            errors: dict[str, str] = {}
+            # Bare first, on its own: torchlens may leave torch functions wrapped afterwards.
+            bare_times = time_variants([bare], cfg, errors)["bare"]
+            tl_times = time_variants([tl], cfg, errors).get("torchlens")
+            key = f"{model_name}/{size}/{batch}"
+            res: dict[str, Any] = {"bare_times": bare_times, "errors": errors}
+            if tl_times:
+                res["times"] = tl_times
+                res["ratio_to_bare"] = statistics.median(tl_times) / statistics.median(bare_times)
+                pending_memory.append((key, [bare, tl]))
+            out[key] = res
+    if cfg.device.startswith("cuda"):
+        for key, variants in pending_memory:
+            out[key]["memory"] = measure_memory(variants, cfg.device)
+    else:
+        _prepare_rss_measurement()
+        for key, variants in pending_memory:
+            out[key]["memory"] = measure_memory(variants, cfg.device)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one case
+# ---------------------------------------------------------------------------------------------
+def run_case(model_name: str, size: int, batch: int, cfg: Config) -> dict[str, Any]:
+    """Time every variant of one (model, size, batch) case; GPU memory in-process."""
+    model = build_model(model_name, cfg.device)
+    x = build_input(size, batch, cfg.device)
+    info: dict[str, Any] = {"errors": {}}
+    case: dict[str, Any] = {
+        "model": model_name,
+        "size": size,
+        "batch": batch,
+        "convs": len(fv.find_conv_layers(model)),
+    }
+    with torch.no_grad():
+        variants = build_variants(model, x, cfg, info)
+        times = time_variants(variants, cfg, info["errors"])
+        bare = times["bare"]
+        case["variants"] = {
+            name: {
+                "median_ms": statistics.median(ts) * 1000.0,
+                "repeats": len(ts),
+                "times_ms": [t * 1000.0 for t in ts],
+                "ratio_to_bare": paired_ratio(ts, bare),
+            }
+            for name, ts in times.items()
+        }
+        chain: dict[str, Any] = {"runs": "chain" in times}
+        if "chain" in info["errors"]:
+            chain["error"] = info["errors"]["chain"]
+        if chain["runs"]:
+            hook_maps = fv.capture_feature_maps(model, x, max_channels=MAX_CHANNELS)
+            chain_maps = fv.chain_feature_maps(model, x, max_channels=MAX_CHANNELS)
+            chain["fidelity"] = chain_fidelity(hook_maps, chain_maps)
+        case["chain"] = chain
+        if cfg.device.startswith("cuda"):
+            for name, mem in measure_memory(variants, cfg.device).items():
+                case["variants"][name].update(mem)
+    if "fx_build_s" in info:
+        case["fx_build_ms"] = info["fx_build_s"] * 1000.0
+    case["errors"] = info["errors"]
+    del model, x, variants
+    gc.collect()
+    if cfg.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return case
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+# ---------------------------------------------------------------------------------------------
+def _capture(model: nn.Module, x: torch.Tensor, layers: list[str], device: str) -> dict[str, Any]:
+    with fv.FeatureCapture(model, layers, max_channels=MAX_CHANNELS) as cap, torch.no_grad():
+        model(x)
+    _sync(device)
+    return cap.maps
+
+
+def _ours(maps: dict[str, torch.Tensor], out: Path) -> None:
+    with fv.TensorBoardWriter(out) as tb:
+        tb.log_feature_maps(maps, step=0)
+
+
+def _make_grid_add_image(maps: dict[str, torch.Tensor], out: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+    from torchvision.utils import make_grid
+
+    writer = SummaryWriter(log_dir=str(out))
+    for name, m in maps.items():
+        grid = make_grid(m.unsqueeze(1), nrow=8, normalize=True, scale_each=True)
+        writer.add_image(f"feature_maps/{fv.layer_tag(name)}", grid, 0)
+    writer.close()
+
+
+def _article(maps: dict[str, torch.Tensor], out: Path) -> None:
+    """The article's loop: a 30x30-inch pyplot figure of 8x8 gray subplots per layer."""
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    for num_layer, m in enumerate(maps.values()):
+        plt.figure(figsize=(ARTICLE_INCHES, ARTICLE_INCHES))
+        layer_viz = m.cpu()
+        for i, fmap in enumerate(layer_viz):
+            if i == 64:
+                break
+            plt.subplot(8, 8, i + 1)
+            plt.imshow(fmap.numpy(), cmap="gray")
+            plt.axis("off")
+        plt.savefig(out / f"layer_{num_layer}.png", dpi=ARTICLE_DPI)
+        plt.close()
+
+
+@contextlib.contextmanager
+def _agg_backend() -> Iterator[None]:
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    previous = matplotlib.get_backend()
+    plt.switch_backend("agg")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            plt.switch_backend(previous)
+
+
+def run_end_to_end(cfg: Config, workdir: Path) -> dict[str, Any]:
+    """Forward + capture + a grid per conv layer written to disk, three ways."""
+    model = build_model(cfg.e2e_model, cfg.device)
+    x = build_input(cfg.e2e_size, 1, cfg.device)
+    layers = list(fv.find_conv_layers(model))
+    if cfg.e2e_layers is not None:
+        layers = layers[: cfg.e2e_layers]
+    paths: dict[str, Callable[[dict[str, torch.Tensor], Path], None]] = {
+        "featureviz": _ours,
+        "make_grid_add_image": _make_grid_add_image,
+        "article_matplotlib": _article,
+    }
+    counter = iter(range(10**6))
+
+    def one(path: str) -> tuple[float, float]:
+        out = workdir / f"{path}-{next(counter)}"
+        t0 = time.perf_counter()
+        maps = _capture(model, x, layers, cfg.device)
+        t1 = time.perf_counter()
+        paths[path](maps, out)
+        t2 = time.perf_counter()
+        shutil.rmtree(out, ignore_errors=True)
+        return t1 - t0, t2 - t0
+
+    with _agg_backend():
+        # Warm-up: every path once on the first layer (imports, font cache, first figure).
+        for fn in paths.values():
+            maps = _capture(model, x, layers[:1], cfg.device)
+            out = workdir / f"warmup-{next(counter)}"
+            fn(maps, out)
+            shutil.rmtree(out, ignore_errors=True)
+        runs: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
+        for r in range(cfg.e2e_repeats):
+            for p in ("featureviz", "make_grid_add_image"):
+                runs[p].append(one(p))
+            if r < cfg.article_repeats:
+                runs["article_matplotlib"].append(one("article_matplotlib"))
+    result: dict[str, Any] = {
+        "model": cfg.e2e_model,
+        "size": cfg.e2e_size,
+        "layers": len(layers),
+        "channels_per_layer": MAX_CHANNELS,
+        "article_dpi": ARTICLE_DPI,
+        "article_figure_inches": ARTICLE_INCHES,
+        "definition": (
+            "each timed run starts from the model and the input tensor: one forward pass with "
+            f"FeatureCapture of the {len(layers)} conv layers (first {MAX_CHANNELS} channels), "
+            "then one grid per layer written to disk (writer closed / figures saved)"
+        ),
+        "paths": {},
+    }
+    for p, rs in runs.items():
+        result["paths"][p] = {
+            "runs": len(rs),
+            "total_ms": statistics.median(t for _, t in rs) * 1000.0,
+            "forward_capture_ms": statistics.median(f for f, _ in rs) * 1000.0,
+            "render_write_ms": statistics.median(t - f for f, t in rs) * 1000.0,
+        }
+    ours = result["paths"]["featureviz"]
+    result["speedup"] = {
+        p: {
+            "total": result["paths"][p]["total_ms"] / ours["total_ms"],
+            "render_write": result["paths"][p]["render_write_ms"] / ours["render_write_ms"],
+        }
+        for p in ("article_matplotlib", "make_grid_add_image")
+    }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole run
+# ---------------------------------------------------------------------------------------------
+def machine_info(device: str) -> dict[str, Any]:
+    """Where the figures come from."""
+    cpu_model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_featureviz": fv.__version__,
+        "numpy": _version("numpy"),
+        "matplotlib": _version("matplotlib"),
+        "tensorboard": _version("tensorboard"),
+        "captum": _version("captum"),
+        "torchlens": _version("torchlens"),
+        "gpu": None,
+        "cuda": torch.version.cuda,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    with contextlib.suppress(OSError):
+        info["load_average_start"] = list(os.getloadavg())
+    return info
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets that this run can check."""
+    out: list[dict[str, Any]] = []
+    device = results["device"]
+    cases = {(c["model"], c["size"], c["batch"]): c for c in results["cases"]}
+    key = ("resnet50", 224, 32) if device.startswith("cuda") else ("resnet50", 224, 1)
+    case = cases.get(key)
+    if case and "hook" in case["variants"]:
+        hook = case["variants"]["hook"]
+        out.append(
+            {
+                "name": f"hook capture / bare, resnet50 {key[1]} batch {key[2]} ({device})",
+                "value": hook["ratio_to_bare"],
+                "limit": 1.05,
+                "met": hook["ratio_to_bare"] <= 1.05,
+            }
+        )
+        bare = case["variants"]["bare"]
+        if device.startswith("cuda") and "peak_mb" in hook:
+            extra = 100.0 * (hook["peak_mb"] - bare["peak_mb"]) / bare["peak_mb"]
+            out.append(
+                {
+                    "name": "extra peak memory of hook capture, % of bare (resnet50 224 b32)",
+                    "value": extra,
+                    "limit": 5.0,
+                    "met": extra <= 5.0,
+                }
+            )
+    e2e = results.get("end_to_end")
+    if e2e and e2e["model"] == "resnet50" and e2e["layers"] == 53:
+        for path, limit in (("article_matplotlib", 100.0), ("make_grid_add_image", 10.0)):
+            value = e2e["speedup"][path]["total"]
+            out.append(
+                {
+                    "name": f"end-to-end speed-up over {path} (resnet50, 53 layers)",
+                    "value": value,
+                    "limit": limit,
+                    "met": value >= limit,
+                }
+            )
+    return out
+
+
+def run_benchmark(cfg: Config, *, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure everything ``cfg`` asks for and return the JSON-ready results."""
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "benchmark": "bench_featureviz",
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": cfg.device,
+        "quick": cfg.quick,
+        "config": asdict(cfg),
+        "machine": machine_info(cfg.device),
+        "memory_method": (
+            "cuda: torch.cuda.max_memory_allocated during one call (peak includes model and "
+            "input; extra = peak - allocated before the call)"
+            if cfg.device.startswith("cuda")
+            else "cpu: peak RSS (VmHWM) of one call, in a separate process with glibc "
+            "M_MMAP_THRESHOLD fixed at 64 KiB (freed tensors leave the RSS) and VmHWM reset via "
+            "/proc/self/clear_refs before each call; extra = VmHWM - VmRSS before the call"
+        ),
+        "timing_method": (
+            f"{cfg.warmup} warm-up call(s) per variant, then up to {cfg.repeats} rounds, "
+            "variants interleaved round-robin; medians; ratio_to_bare = median of per-round "
+            "ratios to the bare forward of the same round"
+            + ("; CUDA events + synchronize" if cfg.device.startswith("cuda") else "")
+        ),
+        "cases": [],
+    }
+    grid = [(m, s, b) for m in cfg.models for s in cfg.sizes for b in cfg.batches]
+    for model_name, size, batch in grid:
+        progress(f"[bench] {model_name} {size}px batch {batch} on {cfg.device} ...")
+        results["cases"].append(run_case(model_name, size, batch, cfg))
+    if not cfg.device.startswith("cuda"):
+        progress("[bench] peak RSS per variant (separate process) ...")
+        mem = _run_child(
+            {"job": "memory", "config": asdict(cfg), "cases": grid}, timeout_s=1800
+        )
+        results["memory_error"] = mem.pop("error", None)
+        for case in results["cases"]:
+            for name, m in mem.get(f"{case['model']}/{case['size']}/{case['batch']}", {}).items():
+                if name in case["variants"]:
+                    case["variants"][name].update(m)
+    if cfg.torchlens:
+        tl_cases = [c for c in grid if c[2] == 1]  # torchlens logs every op: batch 1 only
+        progress(f"[bench] torchlens, {len(tl_cases)} cases (separate process) ...")
+        tl = _run_child({"job": "torchlens", "config": asdict(cfg), "cases": tl_cases}, 3600)
+        results["torchlens_error"] = tl.pop("error", None)
+        for case in results["cases"]:
+            res = tl.get(f"{case['model']}/{case['size']}/{case['batch']}")
+            if not res:
+                continue
+            case["errors"].update(res.get("errors", {}))
+            if "times" in res:
+                case["variants"]["torchlens"] = {
+                    "median_ms": statistics.median(res["times"]) * 1000.0,
+                    "repeats": len(res["times"]),
+                    "times_ms": [t * 1000.0 for t in res["times"]],
+                    "ratio_to_bare": res["ratio_to_bare"],
+                    "bare_median_ms_same_process": statistics.median(res["bare_times"]) * 1e3,
+                    **res.get("memory", {}).get("torchlens", {}),
+                }
+    progress(f"[bench] end to end: {cfg.e2e_model}, grids of every conv layer to disk ...")
+    with tempfile.TemporaryDirectory(prefix="featureviz-bench-") as tmp:
+        results["end_to_end"] = run_end_to_end(cfg, Path(tmp))
+    results["targets"] = targets(results)
+    with contextlib.suppress(OSError):
+        results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["wall_s"] = time.perf_counter() - started
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    """Markdown tables of every figure, as printed and as pasted into RESULTS.md."""
+    names = [n for n in VARIANT_LABELS if any(n in c["variants"] for c in results["cases"])]
+    others = [n for n in names if n != "bare"]
+    lines: list[str] = []
+    m = results["machine"]
+    lines.append(
+        f"Device: {results['device']}"
+        + (f" ({m['gpu']})" if m.get("gpu") else "")
+        + f"; CPU: {m['cpu_model']} x{m['cpu_count']} ({m['torch_threads']} torch threads); "
+        f"torch {m['torch']}, torchvision {m['torchvision']}"
+        + ("; quick mode" if results["quick"] else "")
+    )
+    lines.append("")
+    lines.append("Time: bare forward in ms; every other column is a ratio to it (x).")
+    lines.append("")
+    head = ["model", "size", "batch", "bare ms"] + [VARIANT_LABELS[n] for n in others]
+    head += ["chain cos median", "chain cos min"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for c in results["cases"]:
+        v = c["variants"]
+        row = [c["model"], str(c["size"]), str(c["batch"]), _fmt(v["bare"]["median_ms"], ".1f")]
+        for n in others:
+            if n in v:
+                row.append(_fmt(v[n]["ratio_to_bare"], ".2f"))
+            else:
+                row.append("breaks" if n == "chain" and not c["chain"]["runs"] else "n/a")
+        fid = c["chain"].get("fidelity", {})
+        row += [_fmt(fid.get("median"), ".3f"), _fmt(fid.get("min"), ".3f")]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    if any("peak_mb" in v for c in results["cases"] for v in c["variants"].values()):
+        what = "CUDA max allocated" if results["device"].startswith("cuda") else "peak RSS"
+        lines.append(
+            f"Peak memory ({what}): bare peak in MB; others: extra MB over the memory in use "
+            "before the call (bare's own extra in brackets)."
+        )
+        lines.append("")
+        head = ["model", "size", "batch", "bare peak MB"] + [VARIANT_LABELS[n] for n in names]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for c in results["cases"]:
+            v = c["variants"]
+            peak = _fmt(v["bare"].get("peak_mb"), ".0f")
+            row = [c["model"], str(c["size"]), str(c["batch"]), peak]
+            for n in names:
+                extra = v.get(n, {}).get("extra_mb")
+                cell = _fmt(extra, ".1f")
+                row.append(f"({cell})" if n == "bare" else cell)
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    e2e = results.get("end_to_end")
+    if e2e:
+        lines.append(
+            f"End to end: {e2e['model']} {e2e['size']}px, {e2e['layers']} conv layers, forward + "
+            f"capture + one grid per layer written to disk (median ms; speed-up of "
+            "torch_featureviz)."
+        )
+        lines.append("")
+        lines.append("| path | runs | total ms | forward+capture ms | render+write ms | "
+                     "ours faster (total) | ours faster (render+write) |")
+        lines.append("|---|---|---|---|---|---|---|")
+        labels = {
+            "featureviz": "torch_featureviz TensorBoardWriter",
+            "make_grid_add_image": "make_grid + add_image",
+            "article_matplotlib": f"article pyplot 8x8 subplots, {ARTICLE_INCHES} in @ "
+            f"{e2e['article_dpi']} dpi",
+        }
+        for p, r in e2e["paths"].items():
+            sp = e2e["speedup"].get(p)
+            lines.append(
+                f"| {labels[p]} | {r['runs']} | {r['total_ms']:.0f} | "
+                f"{r['forward_capture_ms']:.0f} | {r['render_write_ms']:.0f} | "
+                + (f"{sp['total']:.1f}x | {sp['render_write']:.1f}x |" if sp else "1 | 1 |")
+            )
+        lines.append("")
+    if results.get("targets"):
+        lines.append("| target | value | limit | met |")
+        lines.append("|---|---|---|---|")
+        for t in results["targets"]:
+            lines.append(
+                f"| {t['name']} | {t['value']:.3f} | {t['limit']} | {'yes' if t['met'] else 'NO'} |"
+            )
+        lines.append("")
+    errors = [
+        f"- {c['model']} {c['size']} b{c['batch']} {n}: {e}"
+        for c in results["cases"]
+        for n, e in c["errors"].items()
+    ]
+    if errors:
+        lines.append("Variants that could not run:")
+        lines.extend(errors)
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench_featureviz",
+        description="Benchmark hook capture, chain mode and peers, and end-to-end logging.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a < 1 minute smoke run on CPU")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="default: cuda when available, else cpu",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="where to write the results (default benchmarks/results/bench_<device>.json, "
+        "bench_<device>_quick.json with --quick)",
+    )
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
+    parser.add_argument("--models", nargs="+", default=None, help=f"subset of {', '.join(MODELS)}")
+    parser.add_argument("--sizes", nargs="+", type=int, default=None, help="input sizes")
+    parser.add_argument(
+        "--no-peers", action="store_true", help="skip the optional peers (captum, torchlens)"
+    )
+    parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the tables; write JSON (and Markdown). Returns an exit code."""
+    args = build_parser().parse_args(argv)
+    if args._child is not None:
+        return _child_main(json.loads(args._child))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("bench_featureviz: error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.models:
+        unknown = sorted(set(args.models) - set(torchvision.models.list_models()))
+        if unknown:
+            print(f"bench_featureviz: error: unknown models {unknown}", file=sys.stderr)
+            return 2
+    cfg = make_config(
+        device, quick=args.quick, models=args.models, sizes=args.sizes, peers=not args.no_peers
+    )
+    results = run_benchmark(cfg, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    table = format_tables(results)
+    print(table)
+    suffix = "_quick" if cfg.quick else ""
+    path = args.json or BENCH_DIR / "results" / f"bench_{device}{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    print(f"\nJSON: {path}", file=sys.stderr)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
