@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # torchvision's C++ errors start with "function, /path/to/file.cpp:171, "; keep the sentence only.
+_TV_DEPRECATION = r"The image decoding and encoding capabilities of TorchVision are deprecated"
 _CPP_PREFIX = re.compile(r"^.*?\.(?:cpp|h|hpp):\d+,\s*")
 
 
@@ -113,7 +115,11 @@ def load_image(path: str | os.PathLike[str] | None = None, *, channels: int = 3)
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        img = decode_image(raw, mode=mode, **_decode_kwargs())
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec, on every call;
+            # they still work and are what this package documents. Removal would fail loudly.
+            warnings.filterwarnings("ignore", _TV_DEPRECATION, DeprecationWarning)
+            img = decode_image(raw, mode=mode, **_decode_kwargs())
     except RuntimeError as e:
         raise ValueError(f"{str(p)!r} is truncated or corrupt: {_decoder_error(e)}.") from e
     if img.dtype == torch.uint8:

@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import os
 import pickle
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -281,15 +282,28 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise ModelLoadError(
+                f"cannot read checkpoint {str(p)!r}: it is not a file written by torch.save "
+                "(or it is corrupt)."
+            ) from e
         raise ModelLoadError(
-            f"{str(p)!r} is not a pure state dict: it pickles Python objects, which "
-            "weights_only=True refuses to run; save it with torch.save(model.state_dict(), "
-            "path) instead."
+            f"{str(p)!r} is not a pure state dict: it pickles Python objects (such as "
+            f"{found.group(1)}), which weights_only=True refuses to run; save it with "
+            "torch.save(model.state_dict(), path) instead."
         ) from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot read checkpoint {str(p)!r}: {first}") from e
+    except Exception as e:  # a corrupt file can make the unpickler fail in any way
+        raise ModelLoadError(
+            f"cannot read checkpoint {str(p)!r} ({_first_line(e)}); is it a file written by "
+            "torch.save?"
+        ) from e
     return _extract_state_dict(obj, str(p))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _few(keys: list[str]) -> str:
