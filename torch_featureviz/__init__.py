@@ -15,6 +15,7 @@ from torch_featureviz.figures import (
     save_overview,
 )
 from torch_featureviz.images import load_image, preprocess, sample_image_path
+from torch_featureviz.monitor import FeatureMonitor
 from torch_featureviz.render import (
     make_feature_grid,
     make_filter_grid,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Extractor",
     "FeatureCapture",
+    "FeatureMonitor",
     "TensorBoardWriter",
     "__version__",
     "capture_feature_maps",
@@ -50,3 +52,13 @@ __all__ = [
     "to_display_image",
     "unwrap_model",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Lightning is an optional extra: import it only when the callback is asked for (it is
+    # not in __all__, so `from torch_featureviz import *` never imports Lightning).
+    if name == "FeatureMonitorCallback":
+        from torch_featureviz.lightning import FeatureMonitorCallback
+
+        return FeatureMonitorCallback
+    raise AttributeError(f"module 'torch_featureviz' has no attribute {name!r}")

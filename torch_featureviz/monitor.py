@@ -396,7 +396,10 @@ class FeatureMonitor:
 
         Args:
             global_step: the step to log at; by default one more than the previous call
-                (starting at ``start_step``).
+                (starting at ``start_step``). The hooks are armed for the step after this
+                one; if ``global_step`` jumps to a sampled step they were not armed for, its
+                filters and probe maps are logged but no training-batch maps (call
+                :meth:`prepare` before that step's forward to get them).
 
         Returns:
             Whether this step was captured (queued or dropped).
@@ -409,7 +412,7 @@ class FeatureMonitor:
         current = self._next_step if global_step is None else int(global_step)
         self._next_step = current + 1
         cap = self._capture
-        if cap is None or self.closed:
+        if cap is None or self.closed or self._error is not None:
             return False
         armed = cap.enabled
         if not armed and not self.should_capture(current):

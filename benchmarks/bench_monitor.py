@@ -1,0 +1,313 @@
+"""Benchmark FeatureMonitor's cost on a training loop, and soak it for resource leaks.
+
+Variants, interleaved round-robin in one run (so machine noise hits all alike), several repeats,
+medians reported:
+
+- ``none``: no monitor attached;
+- ``unsampled``: a monitor attached that never samples in the measured window (hooks gated off);
+- ``every100``: a monitor capturing every 100 steps (probe pass included), end-to-end;
+- the capturing step alone, timed on the training thread (forward, backward, optimizer step and
+  ``monitor.step()``), against a normal step.
+
+Then a soak: a few thousand tiny steps capturing every 10, reporting resident-memory drift,
+thread count and open file count before and after.
+
+Run: ``python benchmarks/bench_monitor.py [--quick]``. Prints a table, writes
+``benchmarks/results/monitor_cpu.json``. :func:`run_soak` is reusable by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+RESULTS = Path(__file__).resolve().parent / "results" / "monitor_cpu.json"
+
+
+# -- process resources (Linux /proc; no psutil needed) ----------------------------------------
+def rss_mb() -> float:
+    """Current resident set size of this process in MB."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: peak RSS is the best the stdlib offers
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def open_files() -> int:
+    """Open file descriptors of this process (-1 where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
+def thread_count() -> int:
+    """Python threads alive in this process."""
+    return threading.active_count()
+
+
+def _tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+
+
+def run_soak(
+    steps: int = 3000,
+    *,
+    every: int = 10,
+    make_monitor: Callable[[nn.Module, str], Any] | None = None,
+    log_dir: str | None = None,
+) -> dict[str, float]:
+    """Train a tiny CNN for ``steps`` steps with a monitor capturing every ``every`` steps.
+
+    Args:
+        steps: training steps.
+        every: capture interval.
+        make_monitor: ``(model, log_dir) -> monitor`` with ``step()`` and ``close()``; default a
+            :class:`torch_featureviz.FeatureMonitor` with a probe.
+        log_dir: where the logs go; default a temporary directory, removed afterwards.
+
+    Returns:
+        RSS (MB), thread and open-file counts before and after (after ``close()``), the RSS
+        drift over the second half of the run (after warm-up), and the seconds taken.
+    """
+    import shutil
+
+    if make_monitor is None:
+        from torch_featureviz import FeatureMonitor
+
+        probe = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+        def make_monitor(model: nn.Module, d: str) -> Any:
+            return FeatureMonitor(model, d, every=every, probe=probe, queue_size=8)
+
+    tmp = log_dir or tempfile.mkdtemp(prefix="featureviz-soak-")
+    try:
+        gc.collect()
+        before = {"rss_mb": rss_mb(), "threads": thread_count(), "open_files": open_files()}
+        model = _tiny_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(8, 3, 16, 16, generator=g)
+        y = torch.randint(0, 4, (8,), generator=g)
+        monitor = make_monitor(model, tmp)
+        start = time.perf_counter()
+        half_rss = 0.0
+        for i in range(steps):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            monitor.step()
+            if i == steps // 2:
+                gc.collect()
+                half_rss = rss_mb()
+        gc.collect()
+        end_rss = rss_mb()
+        monitor.close()
+        seconds = time.perf_counter() - start
+        del monitor, model, opt
+        gc.collect()
+        after = {"rss_mb": rss_mb(), "threads": thread_count(), "open_files": open_files()}
+    finally:
+        if log_dir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "steps": steps,
+        "every": every,
+        "seconds": round(seconds, 2),
+        "rss_before_mb": round(before["rss_mb"], 1),
+        "rss_after_mb": round(after["rss_mb"], 1),
+        "rss_drift_mb": round(after["rss_mb"] - before["rss_mb"], 1),
+        "rss_drift_second_half_mb": round(end_rss - half_rss, 1),
+        "threads_before": before["threads"],
+        "threads_after": after["threads"],
+        "open_files_before": before["open_files"],
+        "open_files_after": after["open_files"],
+    }
+
+
+# -- throughput ----------------------------------------------------------------------------
+def _bench_model(seed: int = 0) -> nn.Module:
+    """A small ResNet-ish CNN (the demo's), big enough that a step is a few ms."""
+    from torch_featureviz.demo import build_demo_model
+
+    return build_demo_model(seed=seed)
+
+
+class _Variant:
+    def __init__(self, name: str, every: int | None, log_dir: str, batch: int) -> None:
+        from torch_featureviz import FeatureMonitor
+
+        self.name = name
+        self.model = _bench_model()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, 3, 32, 32, generator=g)
+        self.y = torch.randint(0, 8, (batch,), generator=g)
+        self.monitor = None
+        if every is not None:
+            probe = torch.randn(1, 3, 32, 32, generator=g)
+            self.monitor = FeatureMonitor(
+                self.model, os.path.join(log_dir, name), every=every, probe=probe, start_step=1
+            )
+
+    def train_step(self) -> None:
+        loss = nn.functional.cross_entropy(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def run(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.train_step()
+            if self.monitor is not None:
+                self.monitor.step()
+        return time.perf_counter() - start
+
+
+def run_throughput(
+    *, steps: int = 200, repeats: int = 7, batch: int = 32, capture_samples: int = 15
+) -> dict[str, Any]:
+    """Median seconds per step of each variant, interleaved; and the capturing step alone."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="featureviz-bench-") as d:
+        variants = {
+            "none": _Variant("none", None, d, batch),
+            "unsampled": _Variant("unsampled", 10**9, d, batch),
+            "every100": _Variant("every100", 100, d, batch),
+        }
+        for v in variants.values():  # warm-up (allocator, first capture, writer thread)
+            v.run(5)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for r in range(repeats):
+            order = list(variants.values())
+            order = order[r % len(order) :] + order[: r % len(order)]
+            for v in order:
+                # Align every100 so each window of `steps` steps holds steps/100 captures.
+                times[v.name].append(v.run(steps) / steps)
+
+        # The capturing step alone, on the training thread, against a normal step of the same
+        # model (alternating, so both see the same machine state).
+        cap = _Variant("capture", 1, d, batch)
+        assert cap.monitor is not None
+        cap.run(3)
+        normal: list[float] = []
+        capturing: list[float] = []
+        for _ in range(capture_samples):
+            cap.monitor.flush(timeout=30)  # the writer idle, as it is between sparse captures
+            cap.monitor._capture.enabled = False  # type: ignore[union-attr]
+            t0 = time.perf_counter()
+            cap.train_step()
+            normal.append(time.perf_counter() - t0)
+            cap.monitor.prepare(0)  # arm: the next step is sampled
+            t0 = time.perf_counter()
+            cap.train_step()
+            cap.monitor.step(0)
+            capturing.append(time.perf_counter() - t0)
+        for v in [*variants.values(), cap]:
+            if v.monitor is not None:
+                v.monitor.close()
+        dropped = {k: v.monitor.dropped for k, v in variants.items() if v.monitor is not None}
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "steps_per_window": steps,
+        "repeats": repeats,
+        "batch": batch,
+        "median_step_ms": {k: round(v * 1000, 3) for k, v in med.items()},
+        "all_step_ms": {k: [round(t * 1000, 3) for t in v] for k, v in times.items()},
+        "throughput_every100_vs_none": round(med["none"] / med["every100"], 4),
+        "throughput_unsampled_vs_none": round(med["none"] / med["unsampled"], 4),
+        "capture_step_ms": round(statistics.median(capturing) * 1000, 3),
+        "normal_step_ms": round(statistics.median(normal) * 1000, 3),
+        "capture_step_vs_normal": round(statistics.median(capturing) / statistics.median(normal), 4),
+        "dropped": dropped,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON path")
+    args = parser.parse_args(argv)
+    if args.quick:
+        tp = run_throughput(steps=100, repeats=3, capture_samples=5)
+        soak = run_soak(300)
+    else:
+        tp = run_throughput()
+        soak = run_soak(3000)
+
+    targets = {
+        "throughput_every100_vs_none": (">=", 0.99),
+        "throughput_unsampled_vs_none": (">=", 0.995),
+        "capture_step_vs_normal": ("<=", 1.2),
+    }
+    print(f"FeatureMonitor on CPU ({torch.get_num_threads()} threads, torch {torch.__version__})")
+    print(f"{'variant':<28}{'median ms/step':>16}")
+    for k, v in tp["median_step_ms"].items():
+        print(f"{k:<28}{v:>16.3f}")
+    print(f"{'capturing step (alone)':<28}{tp['capture_step_ms']:>16.3f}")
+    print(f"{'normal step (alone)':<28}{tp['normal_step_ms']:>16.3f}")
+    print()
+    print(f"{'ratio':<32}{'measured':>10}{'target':>10}{'ok':>5}")
+    for k, (op, target) in targets.items():
+        value = tp[k]
+        ok = value >= target if op == ">=" else value <= target
+        print(f"{k:<32}{value:>10.4f}{op + str(target):>10}{'yes' if ok else 'NO':>5}")
+    print()
+    print(
+        f"soak: {soak['steps']} steps, capture every {soak['every']}, {soak['seconds']} s; "
+        f"RSS {soak['rss_before_mb']} -> {soak['rss_after_mb']} MB "
+        f"(drift {soak['rss_drift_mb']} MB, second half {soak['rss_drift_second_half_mb']} MB); "
+        f"threads {soak['threads_before']} -> {soak['threads_after']}; "
+        f"open files {soak['open_files_before']} -> {soak['open_files_after']}"
+    )
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "quick": args.quick,
+        "throughput": tp,
+        "targets": {k: f"{op} {t}" for k, (op, t) in targets.items()},
+        "soak": soak,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

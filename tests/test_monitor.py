@@ -1,0 +1,516 @@
+"""FeatureMonitor: scheduling, the two sources, statistics, background writing, errors."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tests.helpers import assert_same_state, hook_count, state_snapshot, tiny_net
+from torch_featureviz import FeatureMonitor, make_feature_grid, make_filter_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_events(log_dir: str | Path):  # type: ignore[no-untyped-def]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "histograms": 0})
+    ea.Reload()
+    return ea
+
+
+def decode(image_event) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """A logged PNG as a (C, H, W) uint8 tensor."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.array(Image.open(io.BytesIO(image_event.encoded_image_string)))
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def train(model: nn.Module, monitor: FeatureMonitor | None, steps: int, *, seed: int = 0,
+          size: int = 16, batch: int = 4) -> list[torch.Tensor]:
+    """A few SGD steps; returns the batches used."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(steps):
+        x = torch.randn(batch, 3, size, size, generator=g)
+        batches.append(x)
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step()
+    return batches
+
+
+# -- bad input, in the calling thread -----------------------------------------------------------
+@pytest.mark.parametrize("every", [0, -3])
+def test_every_below_one_is_rejected(tmp_path: Path, every: int) -> None:
+    model = tiny_net()
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        FeatureMonitor(model, tmp_path, every=every)
+    assert hook_count(model) == 0
+
+
+def test_every_of_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="every must be a positive int"):
+        FeatureMonitor(tiny_net(), tmp_path, every=2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every_seconds": 0}, ValueError, "every_seconds must be > 0"),
+        ({"every_seconds": "1"}, TypeError, "every_seconds must be a number"),
+        ({"queue_size": 0}, ValueError, "queue_size must be >= 1"),
+        ({"dead_window": 0}, ValueError, "dead_window must be >= 1"),
+        ({"near_zero": -1.0}, ValueError, "near_zero must be a finite number >= 0"),
+        ({"close_timeout": float("nan")}, ValueError, "close_timeout must be a finite"),
+        ({"start_step": -1}, ValueError, "start_step must be an int >= 0"),
+        ({"histograms": 1}, TypeError, "histograms must be True or False"),
+        ({"max_channels": 0}, ValueError, "max_channels must be >= 1"),
+        ({"layers": "nope*"}, ValueError, "matches no conv layer"),
+    ],
+)
+def test_bad_options(tmp_path: Path, kwargs: dict, error: type, match: str) -> None:
+    model = tiny_net()
+    with pytest.raises(error, match=match):
+        FeatureMonitor(model, tmp_path / "logs", **kwargs)
+    assert hook_count(model) == 0
+
+
+def test_model_without_convs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="has no Conv2d layers"):
+        FeatureMonitor(nn.Sequential(nn.Linear(3, 3)), tmp_path)
+
+
+def test_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        FeatureMonitor("resnet18", tmp_path)  # type: ignore[arg-type]
+
+
+def test_probe_with_wrong_channels(tmp_path: Path) -> None:
+    model = tiny_net()
+    with pytest.raises(ValueError, match="probe has 1 channels but the model's first conv"):
+        FeatureMonitor(model, tmp_path, probe=torch.randn(1, 1, 16, 16))
+    assert hook_count(model) == 0
+
+
+def test_probe_of_wrong_size_for_the_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 2))
+    before = state_snapshot(model)
+    with pytest.raises(ValueError, match=r"probe of shape \(1, 3, 20, 20\) does not fit"):
+        FeatureMonitor(model, tmp_path, probe=torch.randn(3, 20, 20))
+    assert hook_count(model) == 0
+    assert_same_state(before, state_snapshot(model))
+    assert not list(tmp_path.iterdir())  # nothing written either
+
+
+def test_probe_not_a_tensor(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="probe must be a torch.Tensor"):
+        FeatureMonitor(tiny_net(), tmp_path, probe=[[0.0]])  # type: ignore[arg-type]
+
+
+def test_unwritable_log_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    model = tiny_net()
+    with pytest.raises(OSError, match="cannot write to"):
+        FeatureMonitor(model, blocker / "logs")
+    assert hook_count(model) == 0
+
+
+def test_log_dir_of_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="log_dir must be a directory path or a .*SummaryWriter"):
+        FeatureMonitor(tiny_net(), 42)
+
+
+# -- scheduling and the unsampled fast path -------------------------------------------------------
+def test_captures_every_n_steps_and_removes_hooks(tmp_path: Path) -> None:
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path, every=3) as monitor:
+        assert hook_count(model) > 0
+        sampled = []
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for i in range(10):
+            model(torch.randn(2, 3, 16, 16)).sum().backward()
+            opt.step()
+            sampled.append(monitor.step())
+    assert sampled == [i % 3 == 0 for i in range(10)]
+    assert hook_count(model) == 0
+    assert monitor.captured == 4 and monitor.dropped == 0
+    ea = read_events(tmp_path)
+    for tag in ("filters/stem.0", "feature_maps/hook/stem.0", "feature_maps/hook/shared_call1"):
+        assert [e.step for e in ea.Images(tag)] == [0, 3, 6, 9]
+    assert [e.step for e in ea.Scalars("activations/heads.down/mean")] == [0, 3, 6, 9]
+
+
+def test_explicit_global_step_and_start_step(tmp_path: Path) -> None:
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path, every=5, start_step=8) as monitor:
+        train(model, monitor, 4)  # steps 8, 9, 10, 11
+        train(model, None, 1)
+        monitor.step(global_step=20)  # a jump the hooks were not armed for: no hook maps
+        monitor.prepare(25)
+        train(model, None, 1)
+        monitor.step(global_step=25)
+    ea = read_events(tmp_path)
+    assert [e.step for e in ea.Images("feature_maps/hook/stem.0")] == [10, 25]
+    assert [e.step for e in ea.Images("filters/stem.0")] == [10, 20, 25]
+
+
+def test_time_interval(tmp_path: Path) -> None:
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path, every=10**6, every_seconds=0.05) as monitor:
+        results = []
+        for _ in range(4):
+            train(model, None, 1)
+            results.append(monitor.step())
+            time.sleep(0.06)
+    assert results == [True, True, True, True]
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_unsampled_steps_do_no_tensor_work(tmp_path: Path) -> None:
+    """An unsampled step runs exactly the ops of a model with no monitor attached."""
+    x = torch.randn(2, 3, 16, 16)
+    bare = tiny_net()
+    bare(x).sum().backward()
+    bare.zero_grad(set_to_none=True)
+    with CountOps() as plain:
+        bare(x).sum().backward()
+        bare_step_ops = list(plain.ops)
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path, every=100, probe=torch.randn(1, 3, 16, 16)) as monitor:
+        model(x).sum().backward()
+        monitor.step()  # step 0: sampled
+        for _ in range(3):
+            model.zero_grad(set_to_none=True)
+            with CountOps() as counted:
+                model(x).sum().backward()
+                assert monitor.step() is False
+            assert counted.ops == bare_step_ops
+        assert monitor._capture is not None and not monitor._capture.enabled
+
+
+def test_outputs_are_unchanged_by_a_capture(tmp_path: Path) -> None:
+    x = torch.randn(3, 3, 16, 16)
+    ref = tiny_net()(x)
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path, every=1):
+        out = model(x)
+    assert torch.equal(out, ref)
+
+
+# -- what is captured ----------------------------------------------------------------------
+def test_hook_maps_are_the_training_batch_and_filters_the_updated_weights(tmp_path: Path) -> None:
+    model = tiny_net()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with FeatureMonitor(model, tmp_path, every=1, sample=2, max_channels=5) as monitor:
+        expected = model.stem[0](x)[2, :5].detach().clone()
+        model(x).square().mean().backward()
+        opt.step()
+        weights = model.stem[0].weight.detach().clone()
+        monitor.step()
+        opt.step()  # the in-place update must not reach what was queued
+    ea = read_events(tmp_path)
+    (maps,) = ea.Images("feature_maps/hook/stem.0")
+    assert torch.equal(decode(maps), make_feature_grid(expected))
+    (filters,) = ea.Images("filters/stem.0")
+    assert torch.equal(decode(filters), make_filter_grid(weights))
+    assert not torch.equal(make_filter_grid(model.stem[0].weight), make_filter_grid(weights))
+
+
+def test_probe_maps_and_exact_restore(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Dropout(0.5), nn.ReLU(),
+        nn.Conv2d(6, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3),
+    )
+    model.train()
+    model[2].eval()  # a mixed mode the restore must keep
+    probe = torch.randn(2, 3, 12, 12)
+    with FeatureMonitor(model, tmp_path, every=1, probe=probe, sample=1) as monitor:
+        model(torch.randn(4, 3, 12, 12)).sum().backward()
+        before = state_snapshot(model)
+        rng = torch.get_rng_state()
+        monitor.step()
+        assert_same_state(before, state_snapshot(model))
+        assert torch.equal(torch.get_rng_state(), rng)
+    with torch.no_grad():
+        expected = model[0](probe)[1].clone()
+        model.eval()
+        expected4 = model[4](model[3](model[2](model[1](model[0](probe)))))[1].clone()
+    ea = read_events(tmp_path)
+    assert torch.equal(decode(ea.Images("feature_maps/probe/0")[0]), make_feature_grid(expected))
+    assert torch.equal(decode(ea.Images("feature_maps/probe/4")[0]), make_feature_grid(expected4))
+    assert len(ea.Images("input/probe")) == 1
+
+
+def test_statistics_near_zero_and_dead_channels(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[1].zero_()  # channel 1: always exactly 0 (near zero, never active)
+        conv.bias[1] = 0.0
+        conv.weight[2].zero_()  # channel 2: always -1 (never active, not near zero)
+        conv.bias[2] = -1.0
+    model = nn.Sequential(conv, nn.ReLU())
+    x = torch.randn(2, 3, 8, 8)
+    with FeatureMonitor(model, tmp_path, every=1, dead_window=3) as monitor:
+        for _ in range(4):
+            model(x)
+            monitor.step()
+    out = conv(x).detach()
+    ea = read_events(tmp_path)
+
+    def scalar(name: str) -> list[float]:
+        return [e.value for e in ea.Scalars(f"activations/0/{name}")]
+
+    assert scalar("mean") == pytest.approx([out.mean().item()] * 4, rel=1e-5)
+    assert scalar("std") == pytest.approx([out.std().item()] * 4, rel=1e-5)
+    assert scalar("near_zero") == pytest.approx([0.25] * 4)
+    assert scalar("dead_channels") == pytest.approx([0.5] * 4)
+    assert [e.value for e in ea.Scalars("featureviz/dropped_captures")] == [0.0] * 4
+
+
+def test_dead_channels_use_a_window(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    model = nn.Sequential(conv)
+    with FeatureMonitor(model, tmp_path, every=1, dead_window=2) as monitor:
+        for sign in (1.0, -1.0, -1.0, -1.0):  # active once, then never
+            model(torch.full((1, 1, 4, 4), sign))
+            monitor.step()
+    dead = [e.value for e in read_events(tmp_path).Scalars("activations/0/dead_channels")]
+    assert dead == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_training(tmp_path: Path, dtype: torch.dtype) -> None:
+    model = tiny_net().to(dtype)
+    probe = torch.randn(1, 3, 16, 16)  # float32: cast to the model's dtype once
+    with FeatureMonitor(model, tmp_path, every=1, probe=probe, histograms=True) as monitor:
+        x = torch.randn(2, 3, 16, 16, dtype=dtype)
+        model(x).float().sum().backward()
+        monitor.step()
+    ea = read_events(tmp_path)
+    for tag in ("mean", "std", "near_zero", "dead_channels"):
+        (event,) = ea.Scalars(f"activations/blocks.0.conv/{tag}")
+        assert torch.isfinite(torch.tensor(event.value))
+    assert ea.Histograms("histograms/activations/stem.0")
+    assert ea.Histograms("histograms/weights/stem.0")
+    assert ea.Images("feature_maps/probe/stem.0")
+
+
+def test_dataparallel_names_have_no_module_prefix(tmp_path: Path) -> None:
+    model = nn.DataParallel(tiny_net())
+    with FeatureMonitor(model, tmp_path, every=1) as monitor:
+        model(torch.randn(2, 3, 16, 16)).sum().backward()
+        monitor.step()
+    tags = read_events(tmp_path).Tags()["images"]
+    assert "feature_maps/hook/stem.0" in tags
+    assert not any("module" in t for t in tags)
+
+
+def test_existing_summary_writer_is_not_closed(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    model = tiny_net()
+    with FeatureMonitor(model, writer, every=1) as monitor:
+        train(model, monitor, 1)
+    writer.add_scalar("user/after", 1.0, 5)  # still open
+    writer.close()
+    ea = read_events(tmp_path)
+    assert "user/after" in ea.Tags()["scalars"]
+    assert "filters/stem.0" in ea.Tags()["images"]
+
+
+# -- background writing: queue, errors, shutdown -----------------------------------------------
+class Gate:
+    """Blocks the background writer until opened."""
+
+    def __init__(self, monitor: FeatureMonitor) -> None:
+        self.event = threading.Event()
+        original = monitor._write
+
+        def slow_write(item) -> None:  # type: ignore[no-untyped-def]
+            self.event.wait()
+            original(item)
+
+        monitor._write = slow_write  # type: ignore[method-assign]
+
+
+def test_full_queue_drops_counts_and_warns(tmp_path: Path) -> None:
+    model = tiny_net()
+    monitor = FeatureMonitor(model, tmp_path, every=1, queue_size=2)
+    gate = Gate(monitor)
+    with pytest.warns(RuntimeWarning, match=r"dropped the capture of step \d+: the background"):
+        train(model, monitor, 8)
+    assert monitor.dropped > 0
+    assert monitor.captured + monitor.dropped == 8
+    assert monitor.captured <= 2 + 1  # the queue plus the one being written
+    gate.event.set()
+    monitor.close()
+    steps = [e.step for e in read_events(tmp_path).Images("filters/stem.0")]
+    assert len(steps) == monitor.captured
+
+
+def test_close_never_hangs(tmp_path: Path) -> None:
+    model = tiny_net()
+    monitor = FeatureMonitor(model, tmp_path, every=1, close_timeout=0.3)
+    gate = Gate(monitor)
+    train(model, monitor, 2)
+    start = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="close.. gave up after 0 s with .* captures unwritten"):
+        monitor.close()
+    assert time.monotonic() - start < 3.0
+    assert hook_count(model) == 0
+    gate.event.set()
+
+
+def _fail_writes(monitor: FeatureMonitor) -> None:
+    def no_space(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert monitor._writer is not None
+    monitor._writer.log_grid = no_space  # type: ignore[method-assign]
+
+
+def test_background_error_reaches_the_next_step(tmp_path: Path) -> None:
+    model = tiny_net()
+    monitor = FeatureMonitor(model, tmp_path, every=1)
+    _fail_writes(monitor)
+    train(model, None, 1)
+    monitor.step()
+    _wait_for_error(monitor)
+    with pytest.raises(RuntimeError, match="background writer failed: OSError.*No space") as info:
+        monitor.step()
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert monitor.step() is False  # no further captures, no second raise
+    monitor.close()  # already reported: close() does not raise it again
+    assert hook_count(model) == 0
+
+
+def test_background_error_reaches_close(tmp_path: Path) -> None:
+    model = tiny_net()
+    monitor = FeatureMonitor(model, tmp_path, every=1)
+    _fail_writes(monitor)
+    train(model, monitor, 1)
+    with pytest.raises(RuntimeError, match="background writer failed"):
+        monitor.close()
+    assert hook_count(model) == 0
+    monitor.close()  # idempotent
+
+
+def test_context_manager_keeps_the_training_error(tmp_path: Path) -> None:
+    model = tiny_net()
+    with pytest.raises(KeyError, match="boom"):
+        with FeatureMonitor(model, tmp_path, every=1) as monitor:
+            _fail_writes(monitor)
+            train(model, monitor, 1)
+            raise KeyError("boom")
+    assert hook_count(model) == 0
+
+
+def _wait_for_error(monitor: FeatureMonitor, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while monitor.error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert monitor.error is not None
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    sys.path.insert(0, {root!r})
+    from tests.helpers import tiny_net
+    from torch_featureviz import FeatureMonitor
+    model = tiny_net()
+    monitor = FeatureMonitor(model, {log_dir!r}, every=2)
+    for _ in range(5):
+        model(torch.randn(2, 3, 16, 16)).sum().backward()
+        monitor.step()
+    if {mode!r} == "crash":
+        monitor.flush(timeout=30)
+        os.kill(os.getpid(), signal.SIGKILL)
+    # mode "exit": no close(); the interpreter's exit must flush everything
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["exit", "crash"])
+def test_logs_survive_exit_and_crash(tmp_path: Path, mode: str) -> None:
+    script = SCRIPT.format(root=str(ROOT), log_dir=str(tmp_path), mode=mode)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == (0 if mode == "exit" else -9), proc.stderr
+    ea = read_events(tmp_path)
+    assert [e.step for e in ea.Images("feature_maps/hook/stem.0")] == [0, 2, 4]
+    assert [e.step for e in ea.Scalars("activations/stem.0/mean")] == [0, 2, 4]
+
+
+# -- resources -------------------------------------------------------------------------------
+def _load_bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_monitor", ROOT / "benchmarks" /
+                                                  "bench_monitor.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_short_soak_leaves_no_threads_or_files(tmp_path: Path) -> None:
+    bench = _load_bench()
+    result = bench.run_soak(400, every=10, log_dir=str(tmp_path))
+    assert result["threads_after"] == result["threads_before"]
+    assert result["open_files_after"] == result["open_files_before"]
+    # 40 captures of a tiny model: anything near this bound would be a leak, not noise.
+    assert result["rss_drift_second_half_mb"] < 30
+    assert len(read_events(tmp_path).Images("feature_maps/probe/0")) == 40
+
+
+def test_repr_and_closed_monitor(tmp_path: Path) -> None:
+    model = tiny_net()
+    monitor = FeatureMonitor(model, tmp_path, every=1)
+    assert "every=1" in repr(monitor) and os.fspath(tmp_path) in str(monitor.log_dir)
+    monitor.close()
+    assert monitor.step() is False
+    assert "closed=True" in repr(monitor)
