@@ -1,0 +1,99 @@
+"""torch.compile: hooks registered before compiling, gated by a flag, no recompiles per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import tiny_net
+from torch_featureviz import FeatureMonitor, make_feature_grid
+
+
+class CountingBackend:
+    """A torch.compile backend that runs graphs eagerly and counts compilations.
+
+    Eager execution keeps the test fast on 2 CPU cores (inductor would spend most of a minute
+    generating C++); what is under test is Dynamo's tracing of the hooks and its guards, which
+    do not depend on the backend.
+    """
+
+    def __init__(self) -> None:
+        self.compiles = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        self.compiles += 1
+        return gm.forward
+
+
+def read_images(log_dir: Path, tag: str) -> list:  # type: ignore[type-arg]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    ea.Reload()
+    return ea.Images(tag)
+
+
+def decode(event) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.array(Image.open(io.BytesIO(event.encoded_image_string)))
+    return torch.from_numpy(pixels).unsqueeze(0)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_captures_and_does_not_recompile(tmp_path: Path) -> None:
+    torch._dynamo.reset()
+    model = tiny_net()
+    probe = torch.randn(1, 3, 16, 16)
+    # Register first, compile second (hooks added after compiling were ignored: pytorch#117758).
+    monitor = FeatureMonitor(model, tmp_path, every=3, probe=probe, max_channels=4)
+    backend = CountingBackend()
+    compiled = torch.compile(model, backend=backend)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    expected: dict[int, torch.Tensor] = {}
+    compiles_after_warmup = None
+    for step in range(12):
+        x = torch.randn(2, 3, 16, 16, generator=g)
+        if step % 3 == 0:
+            with torch.no_grad():
+                expected[step] = model.stem[0](x)[0, :4].clone()
+        loss = compiled(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert monitor.step() == (step % 3 == 0)
+        if step == 5:  # both the sampled and the unsampled variant have been seen twice
+            compiles_after_warmup = backend.compiles
+    monitor.close()
+
+    assert backend.compiles > 0, "the model was not compiled"
+    # Toggling `enabled` may give one graph per value, never one per step.
+    assert compiles_after_warmup is not None and compiles_after_warmup <= 4
+    assert backend.compiles == compiles_after_warmup, "recompiled after warm-up"
+    events = read_images(tmp_path, "feature_maps/hook/stem.0")
+    assert [e.step for e in events] == [0, 3, 6, 9]
+    for event in events:
+        assert torch.equal(decode(event), make_feature_grid(expected[event.step]))
+    assert [e.step for e in read_images(tmp_path, "feature_maps/probe/stem.0")] == [0, 3, 6, 9]
+
+
+def test_monitor_on_an_already_compiled_model_looks_through_it(tmp_path: Path) -> None:
+    torch._dynamo.reset()
+    model = tiny_net()
+    compiled = torch.compile(model, backend=CountingBackend())
+    with FeatureMonitor(compiled, tmp_path, every=1) as monitor:
+        assert monitor.root is model
+        assert "stem.0" in monitor.layers and not any("_orig_mod" in n for n in monitor.layers)
+
+
+def test_compile_then_bad_every_still_fails_fast(tmp_path: Path) -> None:
+    compiled = torch.compile(nn.Sequential(nn.Conv2d(3, 3, 1)), backend=CountingBackend())
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        FeatureMonitor(compiled, tmp_path, every=0)
