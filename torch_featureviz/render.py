@@ -32,6 +32,8 @@ def _normalize(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
     """Map ``(N, C, H, W)`` float32 tiles to [0, 1] per tile or over the whole batch."""
     if mode not in ("tile", "grid"):
         raise ValueError(f"normalize must be 'tile' or 'grid', got {mode!r}.")
+    if bool(torch.isfinite(tiles).all()):
+        return _normalize_finite(tiles, mode)
     dims = (1, 2, 3) if mode == "tile" else (0, 1, 2, 3)
     finite = torch.isfinite(tiles)
     zero = torch.zeros((), dtype=tiles.dtype, device=tiles.device)
@@ -48,6 +50,26 @@ def _normalize(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
     out = torch.where(valid & finite, out, zero)
     out = torch.where(tiles == math.inf, torch.ones_like(out), out)
     return out.clamp_(0.0, 1.0)
+
+
+def _normalize_finite(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
+    """:func:`_normalize` for tiles without NaN or Inf: the same float32 operations, so the
+    same result to the bit, in four passes over the data instead of about fifteen.
+
+    ``min(x / m) == min(x) / m`` exactly for ``m > 0`` (correctly rounded division is
+    monotonic), so the per-tile extremes of the scaled tiles come from one ``aminmax``; a
+    constant tile gives ``scaled - lo == 0`` everywhere, which is the original's 0.
+    """
+    flat = tiles.reshape(tiles.shape[0] if mode == "tile" else 1, -1)
+    lo0, hi0 = torch.aminmax(flat, dim=1)
+    mag = torch.maximum(lo0.abs(), hi0.abs())
+    mag = torch.where(mag > 0, mag, torch.ones_like(mag))
+    lo, hi = lo0 / mag, hi0 / mag
+    span = hi - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    shape = (-1, 1, 1, 1)
+    out = tiles / mag.view(shape)  # a new tensor: the input is never modified
+    return out.sub_(lo.view(shape)).div_(span.view(shape)).clamp_(0.0, 1.0)
 
 
 def make_image_grid(
@@ -93,7 +115,8 @@ def make_image_grid(
     if not 0 <= pad_value <= 255:
         raise ValueError(f"pad_value must be in 0..255, got {pad_value}.")
 
-    pixels = (_normalize(tiles.detach().float(), normalize) * 255.0).round_().to(torch.uint8)
+    # _normalize returns a fresh tensor, so scaling it in place cannot touch the input.
+    pixels = _normalize(tiles.detach().float(), normalize).mul_(255.0).round_().to(torch.uint8)
     if upscale > 1:
         pixels = pixels.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
         h, w = h * upscale, w * upscale
@@ -101,11 +124,15 @@ def make_image_grid(
     ncol = min(ncol, n)
     rows = math.ceil(n / ncol)
     ch, cw = h + padding, w + padding
-    cells = pixels.new_full((rows * ncol, c, ch, cw), pad_value)
-    cells[:n, :, :h, :w] = pixels
-    body = cells.view(rows, ncol, c, ch, cw).permute(2, 0, 3, 1, 4).reshape(c, rows * ch, ncol * cw)
     grid = pixels.new_full((c, rows * ch + padding, ncol * cw + padding), pad_value)
-    grid[:, padding:, padding:] = body
+    # Copy the tiles straight into their cells: a (rows, ncol, c, h, w) view of the grid.
+    cells = grid[:, padding:, padding:].unflatten(1, (rows, ch)).unflatten(3, (ncol, cw))
+    cells = cells.permute(1, 3, 0, 2, 4)[:, :, :, :h, :w]
+    full = n // ncol
+    if full:
+        cells[:full] = pixels[: full * ncol].reshape(full, ncol, c, h, w)
+    if n > full * ncol:
+        cells[full, : n - full * ncol] = pixels[full * ncol :]
     return grid
 
 
