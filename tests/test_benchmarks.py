@@ -1,0 +1,147 @@
+"""The benchmark script runs (``--quick``) and reports a complete, well-formed set of figures.
+
+Timings are never asserted: only that every figure exists, is finite and positive, and that the
+JSON has the structure RESULTS.md and ``featureviz bench`` rely on.
+"""
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_featureviz.py"
+
+
+def _load_bench():
+    # The way `featureviz bench` loads it: from its path, not registered in sys.modules.
+    spec = importlib.util.spec_from_file_location("bench_featureviz_under_test", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive(value, where):
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+    assert math.isfinite(value) and value > 0, f"{where} = {value!r}"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    bench = _load_bench()
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    code = bench.main(["--quick", "--device", "cpu", "--json", str(json_path), "--markdown",
+                       str(md_path)])
+    assert code == 0
+    return json.loads(json_path.read_text()), md_path.read_text(), bench
+
+
+def test_quick_run_structure(quick_run):
+    results, _, bench = quick_run
+    assert results["schema"] == bench.SCHEMA_VERSION
+    assert results["device"] == "cpu" and results["quick"] is True
+    machine = results["machine"]
+    for key in ("cpu_model", "torch", "torchvision", "platform", "python"):
+        assert isinstance(machine[key], str) and machine[key]
+    _positive(machine["cpu_count"], "cpu_count")
+    assert results["cases"], "no model was measured"
+    assert results.get("memory_error") is None
+
+
+def test_every_case_figure_is_finite_and_positive(quick_run):
+    results, _, _ = quick_run
+    for case in results["cases"]:
+        where = f"{case['model']}/{case['size']}/{case['batch']}"
+        _positive(case["convs"], f"{where} convs")
+        variants = case["variants"]
+        # The package's own modes and the required peers are always measured.
+        for name in ("bare", "hook", "hook_all", "chain", "fx", "naive"):
+            assert name in variants, f"{where}: {name} missing ({case['errors']})"
+        assert variants["bare"]["ratio_to_bare"] == pytest.approx(1.0)
+        for name, v in variants.items():
+            for key in ("median_ms", "ratio_to_bare", "peak_mb", "extra_mb"):
+                _positive(v[key], f"{where} {name} {key}")
+            assert v["repeats"] == len(v["times_ms"]) >= 1
+            for t in v["times_ms"]:
+                _positive(t, f"{where} {name} time")
+        fidelity = case["chain"]["fidelity"]
+        assert fidelity["layers"] == len(fidelity["per_layer"]) > 0
+        for key in ("median", "min"):
+            assert -1.0 - 1e-9 <= fidelity[key] <= 1.0 + 1e-9
+        # The first conv sees the same input in both modes: its maps agree exactly.
+        first = next(iter(fidelity["per_layer"]))
+        assert fidelity["per_layer"][first] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_end_to_end_figures(quick_run):
+    results, _, _ = quick_run
+    e2e = results["end_to_end"]
+    _positive(e2e["layers"], "e2e layers")
+    assert set(e2e["paths"]) == {"featureviz", "make_grid_add_image", "article_matplotlib"}
+    for path, r in e2e["paths"].items():
+        for key in ("total_ms", "forward_capture_ms", "render_write_ms", "runs"):
+            _positive(r[key], f"e2e {path} {key}")
+    for path in ("make_grid_add_image", "article_matplotlib"):
+        for key in ("total", "render_write"):
+            _positive(e2e["speedup"][path][key], f"e2e speedup {path} {key}")
+    for target in results["targets"]:
+        assert isinstance(target["met"], bool)
+        _positive(target["limit"], target["name"])
+
+
+def test_table_names_every_variant(quick_run):
+    results, table, bench = quick_run
+    for name in results["cases"][0]["variants"]:
+        assert bench.VARIANT_LABELS[name] in table
+    assert "End to end" in table
+
+
+def test_chain_fidelity_pools_to_the_smaller_map():
+    import torch
+
+    bench = _load_bench()
+    real = torch.rand(4, 8, 8)
+    # A chain map at twice the resolution whose 2x2 blocks average to the real map.
+    chain = real.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    got = bench.chain_fidelity({"a": real, "b": real}, {"a": chain, "b": -real})
+    assert got["resized_layers"] == 1 and got["layers"] == 2
+    assert got["per_layer"]["a"] == pytest.approx(1.0)
+    assert got["min"] == pytest.approx(-1.0) and got["min_layer"] == "b"
+
+
+# -- the performance helpers the benchmark motivated (see benchmarks/RESULTS.md) ---------------
+def test_fast_crc32c_matches_tensorboard():
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c, masked_crc32c
+
+    from torch_featureviz import _png
+
+    assert _png.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 511, 512, 513, 4097, 65_536, 100_003):
+        data = rng.integers(0, 256, size=n, dtype=np.uint8).tobytes()
+        assert _png.crc32c(data) == crc32c(data), n
+        assert _png.masked_crc32c(data) == masked_crc32c(data), n
+
+
+def test_fast_event_records_read_back_with_checksums(tmp_path):
+    import torch
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+
+    from torch_featureviz import TensorBoardWriter
+
+    with TensorBoardWriter(tmp_path) as tb:
+        tb.log_feature_maps({"a": torch.randn(64, 40, 40), "b": torch.randn(2, 3, 3)}, step=0)
+    (event_file,) = [p for p in tmp_path.iterdir() if p.name.startswith("events")]
+    reader = PyRecordReader_New(os.fspath(event_file))  # verifies both CRCs of every record
+    records = 0
+    with pytest.raises(errors.OutOfRangeError):
+        while True:
+            reader.GetNext()
+            records += 1
+    assert records == 3  # file version + two images
