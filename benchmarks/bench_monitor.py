@@ -248,7 +248,9 @@ def run_throughput(
         "throughput_unsampled_vs_none": round(med["none"] / med["unsampled"], 4),
         "capture_step_ms": round(statistics.median(capturing) * 1000, 3),
         "normal_step_ms": round(statistics.median(normal) * 1000, 3),
-        "capture_step_vs_normal": round(statistics.median(capturing) / statistics.median(normal), 4),
+        "capture_step_vs_normal": round(
+            statistics.median(capturing) / statistics.median(normal), 4
+        ),
         "dropped": dropped,
     }
 

@@ -152,7 +152,7 @@ def test_captures_every_n_steps_and_removes_hooks(tmp_path: Path) -> None:
         assert hook_count(model) > 0
         sampled = []
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        for i in range(10):
+        for _ in range(10):
             model(torch.randn(2, 3, 16, 16)).sum().backward()
             opt.step()
             sampled.append(monitor.step())
