@@ -9,12 +9,16 @@ from torch_featureviz.capture import FeatureCapture, capture_feature_maps, prese
 from torch_featureviz.chain import chain_feature_maps
 from torch_featureviz.discovery import Extractor, find_conv_layers, find_linear_layers, unwrap_model
 from torch_featureviz.figures import (
+    map_similarity,
+    save_comparison_figure,
     save_feature_figures,
     save_filter_figures,
     save_grid_figure,
     save_overview,
+    save_similarity_figure,
 )
 from torch_featureviz.images import load_image, preprocess, sample_image_path
+from torch_featureviz.models import LoadedModel, ModelLoadError, load_model
 from torch_featureviz.monitor import FeatureMonitor
 from torch_featureviz.render import (
     make_feature_grid,
@@ -30,6 +34,8 @@ __all__ = [
     "Extractor",
     "FeatureCapture",
     "FeatureMonitor",
+    "LoadedModel",
+    "ModelLoadError",
     "TensorBoardWriter",
     "__version__",
     "capture_feature_maps",
@@ -38,16 +44,20 @@ __all__ = [
     "find_linear_layers",
     "layer_tag",
     "load_image",
+    "load_model",
     "make_feature_grid",
     "make_filter_grid",
     "make_image_grid",
+    "map_similarity",
     "preprocess",
     "preserved_state",
     "sample_image_path",
+    "save_comparison_figure",
     "save_feature_figures",
     "save_filter_figures",
     "save_grid_figure",
     "save_overview",
+    "save_similarity_figure",
     "tensorboard_command",
     "to_display_image",
     "unwrap_model",
