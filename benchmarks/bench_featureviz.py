@@ -112,6 +112,8 @@ class Config:
     e2e_layers: int | None
     e2e_repeats: int
     article_repeats: int
+    #: torch intra-op threads; ``None`` keeps torch's default (all cores).
+    threads: int | None = None
 
 
 def make_config(
@@ -121,8 +123,13 @@ def make_config(
     models: Sequence[str] | None = None,
     sizes: Sequence[int] | None = None,
     peers: bool = True,
+    threads: int | None = None,
 ) -> Config:
-    """The full or quick configuration for ``device``."""
+    """The full or quick configuration for ``device``.
+
+    Quick mode runs one intra-op thread unless told otherwise: on a shared CI machine two
+    threads that wait for each other make CPU timings swing 10x, one thread does not.
+    """
     cuda = device.startswith("cuda")
     have_captum = peers and _importable("captum")
     have_torchlens = peers and _importable("torchlens")
@@ -144,6 +151,7 @@ def make_config(
             e2e_layers=3,
             e2e_repeats=3,
             article_repeats=1,
+            threads=threads or (None if cuda else 1),
         )
     return Config(
         device=device,
@@ -152,9 +160,9 @@ def make_config(
         sizes=tuple(sizes or (128, 224)),
         batches=(1, 32) if cuda else (1,),
         warmup=2,
-        repeats=11 if cuda else 7,
+        repeats=7,
         min_repeats=3,
-        budget_s=4.0 if cuda else 6.0,
+        budget_s=3.0 if cuda else 6.0,
         captum=have_captum,
         torchlens=have_torchlens,
         e2e_model="resnet50",
@@ -162,6 +170,7 @@ def make_config(
         e2e_layers=None,
         e2e_repeats=5,
         article_repeats=1,
+        threads=threads,
     )
 
 
@@ -495,6 +504,8 @@ def _run_child(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 def _child_main(job: dict[str, Any]) -> int:
     cfg = Config(**job["config"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out: dict[str, Any] = {}
     if job["job"] == "memory":
         _prepare_rss_measurement()
@@ -807,9 +818,33 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def run_benchmark(cfg: Config, *, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything ``cfg`` asks for and return the JSON-ready results."""
+def run_benchmark(
+    cfg: Config,
+    *,
+    progress: Callable[[str], None] = print,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Measure everything ``cfg`` asks for and return the JSON-ready results.
+
+    ``checkpoint`` receives the partial results (``"complete": False``) after each step, so a
+    run stopped by a time limit still leaves its figures behind.
+    """
     started = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_benchmark(cfg, progress, checkpoint or (lambda r: None), started)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_benchmark(
+    cfg: Config,
+    progress: Callable[[str], None],
+    checkpoint: Callable[[dict[str, Any]], None],
+    started: float,
+) -> dict[str, Any]:
     results: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "benchmark": "bench_featureviz",
@@ -832,26 +867,45 @@ def run_benchmark(cfg: Config, *, progress: Callable[[str], None] = print) -> di
             "ratios to the bare forward of the same round"
             + ("; CUDA events + synchronize" if cfg.device.startswith("cuda") else "")
         ),
+        "complete": False,
         "cases": [],
     }
+    phases: dict[str, float] = {}
+    results["phase_s"] = phases
+    # End to end first: it carries two of the targets, and a time-limited run keeps it.
+    progress(f"[bench] end to end: {cfg.e2e_model}, grids of every conv layer to disk ...")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="featureviz-bench-") as tmp:
+        results["end_to_end"] = run_end_to_end(cfg, Path(tmp))
+    phases["end_to_end"] = time.perf_counter() - t0
+    checkpoint(results)
     grid = [(m, s, b) for m in cfg.models for s in cfg.sizes for b in cfg.batches]
     for model_name, size, batch in grid:
         progress(f"[bench] {model_name} {size}px batch {batch} on {cfg.device} ...")
+        t0 = time.perf_counter()
         results["cases"].append(run_case(model_name, size, batch, cfg))
+        phases[f"{model_name}/{size}/{batch}"] = time.perf_counter() - t0
+        results["targets"] = targets(results)
+        checkpoint(results)
     if not cfg.device.startswith("cuda"):
         progress("[bench] peak RSS per variant (separate process) ...")
+        t0 = time.perf_counter()
         mem = _run_child(
             {"job": "memory", "config": asdict(cfg), "cases": grid}, timeout_s=1800
         )
         results["memory_error"] = mem.pop("error", None)
+        phases["memory"] = time.perf_counter() - t0
         for case in results["cases"]:
             for name, m in mem.get(f"{case['model']}/{case['size']}/{case['batch']}", {}).items():
                 if name in case["variants"]:
                     case["variants"][name].update(m)
+        checkpoint(results)
     if cfg.torchlens:
         tl_cases = [c for c in grid if c[2] == 1]  # torchlens logs every op: batch 1 only
         progress(f"[bench] torchlens, {len(tl_cases)} cases (separate process) ...")
+        t0 = time.perf_counter()
         tl = _run_child({"job": "torchlens", "config": asdict(cfg), "cases": tl_cases}, 3600)
+        phases["torchlens"] = time.perf_counter() - t0
         results["torchlens_error"] = tl.pop("error", None)
         for case in results["cases"]:
             res = tl.get(f"{case['model']}/{case['size']}/{case['batch']}")
@@ -867,10 +921,8 @@ def run_benchmark(cfg: Config, *, progress: Callable[[str], None] = print) -> di
                     "bare_median_ms_same_process": statistics.median(res["bare_times"]) * 1e3,
                     **res.get("memory", {}).get("torchlens", {}),
                 }
-    progress(f"[bench] end to end: {cfg.e2e_model}, grids of every conv layer to disk ...")
-    with tempfile.TemporaryDirectory(prefix="featureviz-bench-") as tmp:
-        results["end_to_end"] = run_end_to_end(cfg, Path(tmp))
     results["targets"] = targets(results)
+    results["complete"] = True
     with contextlib.suppress(OSError):
         results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = time.perf_counter() - started
@@ -1009,6 +1061,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-peers", action="store_true", help="skip the optional peers (captum, torchlens)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's default; 1 with --quick on CPU)",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="print (and --markdown) the tables of an earlier run's JSON; measure nothing",
+    )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -1018,6 +1083,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args._child is not None:
         return _child_main(json.loads(args._child))
+    if args.from_json is not None:
+        table = format_tables(json.loads(args.from_json.read_text()))
+        print(table)
+        if args.markdown:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(table + "\n")
+        return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("bench_featureviz: error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -1027,16 +1099,32 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"bench_featureviz: error: unknown models {unknown}", file=sys.stderr)
             return 2
+    if args.threads is not None and args.threads < 1:
+        print("bench_featureviz: error: --threads must be >= 1", file=sys.stderr)
+        return 2
     cfg = make_config(
-        device, quick=args.quick, models=args.models, sizes=args.sizes, peers=not args.no_peers
+        device,
+        quick=args.quick,
+        models=args.models,
+        sizes=args.sizes,
+        peers=not args.no_peers,
+        threads=args.threads,
     )
-    results = run_benchmark(cfg, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    table = format_tables(results)
-    print(table)
     suffix = "_quick" if cfg.quick else ""
     path = args.json or BENCH_DIR / "results" / f"bench_{device}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+
+    def save(results: dict[str, Any]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        tmp.replace(path)
+
+    results = run_benchmark(
+        cfg, progress=lambda s: print(s, file=sys.stderr, flush=True), checkpoint=save
+    )
+    save(results)
+    table = format_tables(results)
+    print(table)
     print(f"\nJSON: {path}", file=sys.stderr)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,9 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     bench = _load_bench()
     json_path, md_path = out / "bench.json", out / "bench.md"
-    code = bench.main(["--quick", "--device", "cpu", "--json", str(json_path), "--markdown",
-                       str(md_path)])
+    code = bench.main(
+        ["--quick", "--device", "cpu", "--json", str(json_path), "--markdown", str(md_path)]
+    )
     assert code == 0
     return json.loads(json_path.read_text()), md_path.read_text(), bench
 
@@ -45,6 +46,7 @@ def test_quick_run_structure(quick_run):
     results, _, bench = quick_run
     assert results["schema"] == bench.SCHEMA_VERSION
     assert results["device"] == "cpu" and results["quick"] is True
+    assert results["complete"] is True
     machine = results["machine"]
     for key in ("cpu_model", "torch", "torchvision", "platform", "python"):
         assert isinstance(machine[key], str) and machine[key]
@@ -94,11 +96,16 @@ def test_end_to_end_figures(quick_run):
         _positive(target["limit"], target["name"])
 
 
-def test_table_names_every_variant(quick_run):
+def test_table_names_every_variant(quick_run, tmp_path, capsys):
     results, table, bench = quick_run
     for name in results["cases"][0]["variants"]:
         assert bench.VARIANT_LABELS[name] in table
     assert "End to end" in table
+    # --from-json re-prints the same tables from the JSON alone.
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps(results))
+    assert bench.main(["--from-json", str(saved), "--markdown", str(tmp_path / "r.md")]) == 0
+    assert (tmp_path / "r.md").read_text() == table
 
 
 def test_chain_fidelity_pools_to_the_smaller_map():
