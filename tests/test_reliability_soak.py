@@ -1,0 +1,120 @@
+"""Soak: thousands of tiny training steps with the monitor capturing every 10 (issue 6 part 4).
+
+After a warm-up, resident memory, the Python object count, the thread count and the open file
+descriptors are sampled every 1,000 steps; they must stay flat within the bounds below, and
+after ``close()`` threads and descriptors must be back to what they were before the monitor.
+The figures are printed and kept in pytest's cache (``reliability/soak``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import hook_count
+from tests.reliability_models import one_thread, record_figures
+from torch_featureviz import FeatureMonitor
+
+WARMUP = 500
+STEPS = 5_000
+EVERY = 10
+SAMPLE_EVERY = 1_000
+#: Bounds on the drift between the first sample after warm-up and the last one.
+MAX_RSS_DRIFT_MB = 8.0
+MAX_OBJECT_DRIFT = 500
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def snapshot() -> dict[str, float]:
+    gc.collect()
+    return {
+        "rss_mb": round(rss_mb(), 2),
+        "objects": len(gc.get_objects()),
+        "threads": threading.active_count(),
+        "fds": len(os.listdir("/proc/self/fd")),
+    }
+
+
+@pytest.mark.slow
+def test_soak_resources_stay_flat(tmp_path, request):
+    with one_thread():
+        _soak(tmp_path, request)
+
+
+def _soak(tmp_path, request) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randn(4, 3, 8, 8, generator=gen) for _ in range(16)]
+    probe = torch.randn(1, 3, 8, 8, generator=gen)
+
+    start_state = snapshot()
+    monitor = FeatureMonitor(model, tmp_path, every=EVERY, probe=probe, max_channels=2,
+                             max_filters=4)
+    samples: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for i in range(WARMUP + STEPS):
+        loss = model(data[i % len(data)]).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        monitor.step()
+        done = i + 1 - WARMUP
+        if done >= 0 and done % SAMPLE_EVERY == 0:
+            monitor.flush(timeout=30)  # measure with the writer idle, not mid-capture
+            samples.append({"step": i + 1, **snapshot()})
+    seconds = time.perf_counter() - t0
+    captured, dropped = monitor.captured, monitor.dropped
+    monitor.close()
+    end_state = snapshot()
+
+    first, last = samples[0], samples[-1]
+    figures = {
+        "steps": WARMUP + STEPS,
+        "captures": captured,
+        "dropped": dropped,
+        "seconds": round(seconds, 1),
+        "rss_mb_first": first["rss_mb"],
+        "rss_mb_last": last["rss_mb"],
+        "rss_drift_mb": round(last["rss_mb"] - first["rss_mb"], 2),
+        "rss_drift_max_mb": round(max(s["rss_mb"] for s in samples) - first["rss_mb"], 2),
+        "objects_first": first["objects"],
+        "objects_last": last["objects"],
+        "object_drift": last["objects"] - first["objects"],
+        "threads_before_monitor": start_state["threads"],
+        "threads_during": sorted({s["threads"] for s in samples}),
+        "threads_after_close": end_state["threads"],
+        "fds_before_monitor": start_state["fds"],
+        "fds_during": sorted({s["fds"] for s in samples}),
+        "fds_after_close": end_state["fds"],
+    }
+    record_figures(request, "soak", figures)
+
+    assert captured + dropped == (WARMUP + STEPS) // EVERY
+    assert figures["rss_drift_max_mb"] <= MAX_RSS_DRIFT_MB, figures
+    assert abs(figures["object_drift"]) <= MAX_OBJECT_DRIFT, figures
+    assert len(figures["threads_during"]) == 1 and len(figures["fds_during"]) == 1, figures
+    assert end_state["threads"] == start_state["threads"], figures
+    assert end_state["fds"] <= start_state["fds"], figures
+    assert hook_count(model) == 0
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    ea.Reload()
+    assert len(ea.Images("feature_maps/hook/0")) == captured  # every queued capture written
