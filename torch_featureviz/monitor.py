@@ -33,9 +33,10 @@ What is logged at the global step (tags):
   ``torch.no_grad()`` in eval mode; the model is restored exactly afterwards (train flags,
   BatchNorm statistics, RNG state). ``input/probe`` shows the probe once;
 - ``activations/<layer>/{mean,std,near_zero,dead_channels}``: statistics of the conv's output
-  over the whole training batch and every channel, computed in float32 (so bf16 and fp16
-  training work). ``near_zero`` is the fraction of values with ``|x| <= near_zero``;
-  a channel is *active* in a capture when some value is ``> active_threshold``, and
+  computed in float32 (so bf16 and fp16 training work). ``mean``, ``std`` and
+  ``dead_channels`` cover the whole training batch and every channel; ``near_zero`` is the
+  fraction of values with ``|x| <= near_zero`` in the shown sample (every channel); a
+  channel is *active* in a capture when some value is ``> active_threshold``, and
   ``dead_channels`` is the fraction of channels never active in the last ``dead_window``
   captures;
 - ``histograms/activations/<layer>`` and ``histograms/weights/<layer>`` when
@@ -85,8 +86,9 @@ _STOP = object()
 class _MonitorCapture(FeatureCapture):
     """FeatureCapture that also reduces each conv output to a few statistics, on its device.
 
-    The statistics cover the whole batch and every channel (not only the kept sample), stay on
-    the device as tiny tensors (no host sync) and are computed in float32.
+    Mean, std and channel activity cover the whole batch and every channel (not only the kept
+    sample); they stay on the device as tiny tensors (no host sync) and are computed in
+    float32.
     """
 
     def __init__(
@@ -129,11 +131,22 @@ class _MonitorCapture(FeatureCapture):
             return
         if self._device is not None and output.device != self._device:
             return
+        # Reductions only (no full-size temporaries: on CPU, allocating them costs more than
+        # the arithmetic); float32 so bf16 and fp16 activations work.
         x = output.detach().float()
-        std, mean = torch.std_mean(x)
-        near = (x.abs() <= self.near_zero).sum() / max(x.numel(), 1)
-        channel_dims = (0, 2, 3) if x.dim() == 4 else (1, 2)
-        active = x.amax(dim=channel_dims) > self.active_threshold
+        n = max(x.numel(), 1)
+        mean = x.mean()
+        sumsq = torch.linalg.vector_norm(x).square()
+        std = ((sumsq / n - mean.square()).clamp(min=0) * (n / max(n - 1, 1))).sqrt()
+        if x.dim() == 4:
+            active = x.flatten(2).amax(dim=2).amax(dim=0) > self.active_threshold
+            one = x[min(self.sample, x.shape[0] - 1)]
+        else:
+            active = x.flatten(1).amax(dim=1) > self.active_threshold
+            one = x
+        # Near-zero values are counted in the shown sample (every channel): a comparison
+        # needs a temporary, and one sample keeps it small.
+        near = (one.abs() <= self.near_zero).sum() / max(one.numel(), 1)
         key, calls = name, 1
         while key in target:
             key, calls = f"{name}#{calls}", calls + 1
