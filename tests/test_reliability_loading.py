@@ -265,3 +265,40 @@ def test_hostile_module_names_make_unique_monitor_tags(tmp_path):
     assert len(set(_check_tags(tags["images"], "feature_maps/hook", 2))) == n_maps
     stats = _check_tags(tags["scalars"], "activations", 2)
     assert len(set(stats)) == 4 * n_maps, "two layers were logged under one scalar tag"
+
+
+class CallOrder(nn.Module):
+    """Two names that sanitise alike ('a b', 'a/b' -> 'a_b'), called in the opposite order to
+    the one they are registered in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.branches = nn.ModuleDict({"a b": nn.Conv2d(3, 2, 1), "a/b": nn.Conv2d(3, 5, 1)})
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        second = self.branches["a/b"](t)
+        first = self.branches["a b"](t)
+        return second.sum(1, keepdim=True) + first.sum(1, keepdim=True)
+
+
+def test_a_layer_has_the_same_tag_for_its_filters_and_its_maps(tmp_path):
+    """filters/<tag> and feature_maps/hook/<tag> must show the same layer.
+
+    Fails today (tensorboard.py): TensorBoardWriter._log_grids de-duplicates colliding tags per
+    call, in the order of the mapping it is given; filters come in registration order and maps
+    in call order, so 'filters/branches.a_b' is the layer 'a b' while
+    'feature_maps/hook/branches.a_b' is the layer 'a/b'.
+    """
+    model = CallOrder()
+    with FeatureCapture(model) as cap, torch.no_grad():
+        model(torch.randn(1, 3, 4, 4))
+    with TensorBoardWriter(tmp_path) as tb:
+        filter_tags = tb.log_filters(model, step=0)
+        map_tags = tb.log_feature_maps(cap.maps, step=0)
+    by_layer_filters = dict(zip(find_conv_layers(model), filter_tags, strict=True))
+    by_layer_maps = dict(zip(cap.maps, map_tags, strict=True))
+    for name in by_layer_filters:
+        assert by_layer_filters[name].split("/", 1)[1] == by_layer_maps[name].split("/", 2)[2], (
+            f"{name!r} is {by_layer_filters[name]!r} but {by_layer_maps[name]!r}"
+        )
