@@ -335,8 +335,9 @@ def record_figures(request: Any, key: str, figures: dict) -> None:
     """Print ``figures`` (shown even under output capture) and keep them in pytest's cache."""
     line = f"[reliability] {key}: {json.dumps(figures, sort_keys=True)}"
     capman = request.config.pluginmanager.getplugin("capturemanager")
-    if capman is not None:
-        with capman.global_and_fixture_disabled():
+    disabled = getattr(capman, "global_and_fixture_disabled", None)
+    if disabled is not None:
+        with disabled():
             print("\n" + line)
     else:
         print(line)
