@@ -9,6 +9,7 @@ left behind.
 from __future__ import annotations
 
 import copy
+import io
 import re
 import time
 
@@ -27,7 +28,14 @@ from tests.reliability_models import (
     spec_features,
 )
 from tests.test_capture import reference_maps
-from torch_featureviz import FeatureCapture, capture_feature_maps, find_conv_layers
+from torch_featureviz import (
+    FeatureCapture,
+    FeatureMonitor,
+    capture_feature_maps,
+    find_conv_layers,
+    layer_tag,
+    make_feature_grid,
+)
 
 #: Generated architectures per run (fixed: derandomized, so CI checks the same ones every time).
 EXAMPLES = 200
@@ -183,3 +191,58 @@ def test_generated_models_are_reproducible():
     # body.1.conv is called twice: 2 convs, 3 calls
     assert check_architecture(arch, 7, 2, 1, True, False) == (2, 3)
     assert check_architecture(arch, 7, 1, 0, False, True) == (2, 3)
+
+
+def _decode(event) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(event.encoded_image_string)) as im:
+        pixels = np.array(im)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def test_monitor_on_random_architectures(tmp_path_factory, request):
+    """One monitored training step on generated models: every conv call is logged under its own
+    valid tag, and the logged hook maps are the reference maps, pixel for pixel."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stats = {"examples": 0, "tags": 0}
+
+    @settings(max_examples=25, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(arch=arch_specs(), seed=st.integers(0, 2**16))
+    def check(arch, seed):
+        model = build_model(arch, seed).train(bool(seed & 1))
+        x = torch.randn(2, arch["in"], arch["size"], arch["size"],
+                        generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        ref = reference_maps(model, x)
+        log_dir = tmp_path_factory.mktemp("monitor")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        with FeatureMonitor(model, log_dir, every=1, sample=1, max_channels=16) as monitor:
+            torch.manual_seed(seed)
+            model(x).square().mean().backward()
+            opt.step()
+            assert monitor.step() is True
+        assert hook_count(model) == 0
+        ea = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+        ea.Reload()
+        images, scalars = ea.Tags()["images"], ea.Tags()["scalars"]
+        for tag in [*images, *scalars]:
+            assert re.fullmatch(r"[A-Za-z0-9_./-]+", tag), repr(tag)
+        hook_tags = [t for t in images if t.startswith("feature_maps/hook/")]
+        assert len(hook_tags) == len(ref)
+        assert len([t for t in images if t.startswith("filters/")]) == len(find_conv_layers(model))
+        for name, maps in ref.items():
+            (event,) = ea.Images(f"feature_maps/hook/{layer_tag(name)}")
+            want = make_feature_grid(maps[1][:16])
+            assert torch.equal(_decode(event), want), name
+        stats["examples"] += 1
+        stats["tags"] += len(images) + len(scalars)
+
+    check()
+    record_figures(request, "arch_monitor", stats)
+    assert stats["examples"] == 25
