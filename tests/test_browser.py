@@ -47,6 +47,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-quic",
+    "--no-proxy-server",
     "--hide-scrollbars",
     "--force-device-scale-factor=1",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,10 @@ def test_download_without_network_says_so(
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
+    # urllib builds its global opener, proxies included, on first use: drop it before and after
+    # so that neither this test nor later ones see another test's proxy settings.
+    urllib.request.install_opener(None)
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(
         ModelLoadError,
         match=r"could not download ResNet18_Weights\.IMAGENET1K_V1 from https://\S+resnet18-"

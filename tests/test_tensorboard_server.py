@@ -34,6 +34,9 @@ from torch_featureviz import TensorBoardWriter, capture_feature_maps, cli
 from torch_featureviz.render import make_feature_grid, make_filter_grid, to_display_image
 
 START_TIMEOUT_S = 90.0
+# Talk to the local server directly, whatever *_proxy variables the environment (or an earlier
+# test, through urllib's global opener) has set.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 SAMPLES = 15  # more than TensorBoard's default of 10 images per tag
 
 
@@ -51,7 +54,7 @@ class TensorBoardServer:
 
     def get(self, path: str, **params: Any) -> bytes:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=30) as response:
+        with _DIRECT.open(f"{self.url}{path}{query}", timeout=30) as response:
             return response.read()
 
     def get_json(self, path: str, **params: Any) -> Any:
