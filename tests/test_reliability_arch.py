@@ -32,6 +32,7 @@ from torch_featureviz import (
     FeatureCapture,
     FeatureMonitor,
     capture_feature_maps,
+    chain_feature_maps,
     find_conv_layers,
     layer_tag,
     make_feature_grid,
@@ -246,3 +247,42 @@ def test_monitor_on_random_architectures(tmp_path_factory, request):
     check()
     record_figures(request, "arch_monitor", stats)
     assert stats["examples"] == 25
+
+
+def test_chain_mode_on_random_architectures(request):
+    """Chain mode either returns one map per CNN layer or raises a ValueError that names the
+    layer where the chain breaks; it never changes the model or leaves a hook. On a plain
+    sequence of convs (nothing in between) it equals hook mode bit for bit."""
+    stats = {"examples": 0, "chained": 0, "broke": 0, "plain_sequences": 0}
+
+    @settings(max_examples=100, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(arch=arch_specs(), seed=st.integers(0, 2**16))
+    def check(arch, seed):
+        model = build_model(arch, seed).train(bool(seed & 1))
+        x = torch.randn(1, arch["in"], arch["size"], arch["size"],
+                        generator=torch.Generator().manual_seed(seed))
+        snap, rng = state_snapshot(model), torch.get_rng_state()
+        items = arch["body"]["items"]
+        plain = all(s["kind"] == "conv" and s["after"] == "none" for s in items)
+        try:
+            maps = chain_feature_maps(model, x, max_channels=None)
+        except ValueError as e:
+            assert re.match(r"the chain breaks at '[^']+'", str(e)), str(e)
+            assert not plain
+            stats["broke"] += 1
+        else:
+            assert list(maps) == list(find_conv_layers(model))
+            stats["chained"] += 1
+            if plain:
+                ref = reference_maps(model, x)
+                assert list(maps) == list(ref)
+                assert all(torch.equal(maps[k], ref[k][0]) for k in ref)
+                stats["plain_sequences"] += 1
+        assert_same_state(snap, state_snapshot(model))
+        assert torch.equal(rng, torch.get_rng_state()) and hook_count(model) == 0
+        stats["examples"] += 1
+
+    check()
+    record_figures(request, "arch_chain", stats)
+    assert stats["chained"] > 0 and stats["broke"] > 0 and stats["plain_sequences"] > 0
