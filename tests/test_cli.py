@@ -235,6 +235,25 @@ def test_maps_both_writes_side_by_side_and_similarity(
     assert any(log_dir.glob("events.out.tfevents.*"))
 
 
+def test_maps_with_weights_uses_their_transforms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Weights already in the (empty, temporary) torch.hub cache: no network needed.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), cache / weights.url.rsplit("/", 1)[1])
+    code, out, err = run_main(
+        ["maps", "resnet18", "--weights", "DEFAULT", "--layers", "conv1", "--input-size", "64",
+         "--out", str(tmp_path / "o")], capsys,
+    )
+    assert code == 0, err
+    assert "model: resnet18 (weights ResNet18_Weights.IMAGENET1K_V1)" in out
+    assert "input (1, 3, 224, 224)" in out  # resize 256, crop 224: not --input-size 64
+    assert "featureviz: warning: --input-size is ignored with --weights" in err
+
+
 def test_maps_accepts_grayscale_and_rgba_images(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import sys
 import textwrap
 import warnings
@@ -98,6 +99,11 @@ def _say(args: argparse.Namespace, *lines: str) -> None:
     if not getattr(args, "quiet", False):
         for line in lines:
             print(line)
+
+
+def _warn(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"featureviz: warning: {message}", file=sys.stderr)
 
 
 def _progress(args: argparse.Namespace, items: Iterable[T], desc: str, total: int) -> Iterable[T]:
@@ -192,11 +198,6 @@ def _load(args: argparse.Namespace) -> Any:
             model_class=args.model_class,
             input_size=size,
             progress=not args.quiet,
-        )
-    if args.weights is not None and args.input_size is not None:
-        warnings.warn(
-            f"--input-size is ignored with --weights: {loaded.weights} brings its own transforms.",
-            stacklevel=2,
         )
     loaded.model.to(_device(args))
     return loaded
@@ -376,6 +377,11 @@ def _cmd_maps(args: argparse.Namespace) -> int:
     from torch_featureviz.tensorboard import TensorBoardWriter, layer_tag, tensorboard_command
 
     loaded = _load(args)
+    if loaded.weights is not None and args.input_size is not None:
+        _warn(
+            args,
+            f"--input-size is ignored with --weights: {loaded.weights} brings its own transforms.",
+        )
     model = loaded.model
     layers = _select_layers(model, args)
     names = list(layers)
@@ -692,6 +698,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featureviz: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`featureviz info resnet50 | head`): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_INTERNAL
     except Exception as e:
         if args.traceback:
             raise

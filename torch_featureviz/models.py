@@ -285,8 +285,9 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if found is None:
             raise ModelLoadError(
-                f"cannot read checkpoint {str(p)!r}: it is not a file written by torch.save "
-                "(or it is corrupt)."
+                f"cannot read checkpoint {str(p)!r} with weights_only=True: it is corrupt, not "
+                "written by torch.save, or pickles Python objects; save it with "
+                "torch.save(model.state_dict(), path)."
             ) from e
         raise ModelLoadError(
             f"{str(p)!r} is not a pure state dict: it pickles Python objects (such as "
