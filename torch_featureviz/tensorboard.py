@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -40,15 +41,26 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 def layer_tag(name: str) -> str:
-    """Make a qualified layer name safe inside a TensorBoard tag.
+    """Make a qualified layer name safe inside a TensorBoard tag, the same way every time.
 
     Module names are user-controlled (``nn.ModuleDict`` keys may hold spaces, slashes or
-    unicode); anything outside ``[A-Za-z0-9_.-]`` becomes ``_`` so a name can neither add tag
-    levels nor break TensorBoard's URLs. A second call of a module (``conv#1``) becomes
-    ``conv_call1``; the empty name (the model itself) becomes ``model``.
+    unicode). Anything outside ``[A-Za-z0-9_.-]`` becomes ``_`` so a name can neither add tag
+    levels nor break TensorBoard's URLs; when that changes the name, a digest of the original is
+    appended (``"a b"`` -> ``"a_b-<crc32>"``) so two names that sanitise alike still get different
+    tags, and a layer gets the same tag for its filters and for its maps. A later call of a
+    module (``conv#1``) becomes ``conv_call1``; the empty name (the model itself) becomes
+    ``model``.
     """
-    name = re.sub(r"#(\d+)$", r"_call\1", name)
-    return _UNSAFE.sub("_", name) or "model"
+    base, call = name, ""
+    match = re.fullmatch(r"(.*)#(\d+)", name, flags=re.S)
+    if match:
+        base, call = match.group(1), f"_call{match.group(2)}"
+    if not base:
+        return "model" + call
+    safe = _UNSAFE.sub("_", base)
+    if safe != base:
+        safe = f"{safe}-{zlib.crc32(base.encode('utf-8', 'surrogatepass')):08x}"
+    return safe + call
 
 
 def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 1000) -> str:
