@@ -121,7 +121,13 @@ def load_image(path: str | os.PathLike[str] | None = None, *, channels: int = 3)
             warnings.filterwarnings("ignore", _TV_DEPRECATION, DeprecationWarning)
             img = decode_image(raw, mode=mode, **_decode_kwargs())
     except RuntimeError as e:
-        raise ValueError(f"{str(p)!r} is truncated or corrupt: {_decoder_error(e)}.") from e
+        reason = _decoder_error(e)
+        if "8-bit" in reason:  # 16-bit PNGs: torchvision before 0.20 cannot decode them
+            raise ValueError(
+                f"{str(p)!r} cannot be decoded by this torchvision ({reason}); save it as an "
+                "8-bit PNG or upgrade torchvision."
+            ) from e
+        raise ValueError(f"{str(p)!r} is truncated or corrupt: {reason}.") from e
     if img.dtype == torch.uint8:
         scale = 255.0
     elif img.dtype in (torch.int32, torch.int64) or str(img.dtype) == "torch.uint16":
