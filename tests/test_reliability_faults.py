@@ -353,9 +353,9 @@ def test_keyboard_interrupt_keeps_every_queued_capture(tmp_path, delay, sigint_a
     model = tiny_model()
     monitor = make_monitor(model, tmp_path, every=2)
     trainer = Trainer(model, monitor)
-    sigint_after(delay)
     interrupted = False
     try:
+        sigint_after(delay)  # armed inside the try: on a loaded machine it may come at once
         trainer.run(100_000)  # until Ctrl-C
     except KeyboardInterrupt as e:
         interrupted = True
