@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -328,6 +329,23 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+#: Name prefixes of the library's process-wide worker pools: created once on first use, bounded,
+#: reused by every writer; not owned by (and not expected to end with) any one monitor.
+SHARED_POOL_PREFIXES = ("featureviz-png",)
+#: The most threads those pools may hold together.
+SHARED_POOL_MAX = 4
+
+
+def owned_threads(threads: list[threading.Thread] | None = None) -> list[threading.Thread]:
+    """Live threads, less the library's shared pools (whose size is checked separately)."""
+    threads = threading.enumerate() if threads is None else threads
+    return [t for t in threads if not t.name.startswith(SHARED_POOL_PREFIXES)]
+
+
+def shared_pool_threads() -> int:
+    return sum(t.name.startswith(SHARED_POOL_PREFIXES) for t in threading.enumerate())
 
 
 # -- figures ----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 import time
 
 import pytest
@@ -18,7 +17,13 @@ import torch
 from torch import nn
 
 from tests.helpers import hook_count
-from tests.reliability_models import one_thread, record_figures
+from tests.reliability_models import (
+    SHARED_POOL_MAX,
+    one_thread,
+    owned_threads,
+    record_figures,
+    shared_pool_threads,
+)
 from torch_featureviz import FeatureMonitor
 
 WARMUP = 500
@@ -43,7 +48,8 @@ def snapshot() -> dict[str, float]:
     return {
         "rss_mb": round(rss_mb(), 2),
         "objects": len(gc.get_objects()),
-        "threads": threading.active_count(),
+        "threads": len(owned_threads()),
+        "pool_threads": shared_pool_threads(),
         "fds": len(os.listdir("/proc/self/fd")),
     }
 
@@ -99,6 +105,7 @@ def _soak(tmp_path, request) -> None:
         "threads_before_monitor": start_state["threads"],
         "threads_during": sorted({s["threads"] for s in samples}),
         "threads_after_close": end_state["threads"],
+        "shared_pool_threads_after_close": end_state["pool_threads"],
         "fds_before_monitor": start_state["fds"],
         "fds_during": sorted({s["fds"] for s in samples}),
         "fds_after_close": end_state["fds"],
@@ -110,6 +117,7 @@ def _soak(tmp_path, request) -> None:
     assert abs(figures["object_drift"]) <= MAX_OBJECT_DRIFT, figures
     assert len(figures["threads_during"]) == 1 and len(figures["fds_during"]) == 1, figures
     assert end_state["threads"] == start_state["threads"], figures
+    assert end_state["pool_threads"] <= SHARED_POOL_MAX, figures
     assert end_state["fds"] <= start_state["fds"], figures
     assert hook_count(model) == 0
 
