@@ -194,7 +194,7 @@ class _Variant:
 
 
 def run_throughput(
-    *, steps: int = 200, repeats: int = 7, batch: int = 32, capture_samples: int = 15
+    *, steps: int = 100, repeats: int = 9, batch: int = 16, capture_samples: int = 40
 ) -> dict[str, Any]:
     """Median seconds per step of each variant, interleaved; and the capturing step alone."""
     torch.manual_seed(0)
@@ -221,17 +221,22 @@ def run_throughput(
         cap.run(3)
         normal: list[float] = []
         capturing: list[float] = []
-        for _ in range(capture_samples):
+        for i in range(capture_samples):
             cap.monitor.flush(timeout=30)  # the writer idle, as it is between sparse captures
-            cap.monitor._capture.enabled = False  # type: ignore[union-attr]
-            t0 = time.perf_counter()
-            cap.train_step()
-            normal.append(time.perf_counter() - t0)
-            cap.monitor.prepare(0)  # arm: the next step is sampled
-            t0 = time.perf_counter()
-            cap.train_step()
-            cap.monitor.step(0)
-            capturing.append(time.perf_counter() - t0)
+            # Alternate which of the pair runs first, so drift in machine load cancels out.
+            for kind in ("normal", "capture") if i % 2 == 0 else ("capture", "normal"):
+                if kind == "normal":
+                    cap.monitor._capture.enabled = False  # type: ignore[union-attr]
+                    t0 = time.perf_counter()
+                    cap.train_step()
+                    normal.append(time.perf_counter() - t0)
+                else:
+                    cap.monitor.prepare(0)  # arm: this step is sampled
+                    t0 = time.perf_counter()
+                    cap.train_step()
+                    cap.monitor.step(0)
+                    capturing.append(time.perf_counter() - t0)
+                    cap.monitor.flush(timeout=30)
         for v in [*variants.values(), cap]:
             if v.monitor is not None:
                 v.monitor.close()
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON path")
     args = parser.parse_args(argv)
     if args.quick:
-        tp = run_throughput(steps=100, repeats=3, capture_samples=5)
+        tp = run_throughput(steps=100, repeats=3, capture_samples=10, batch=8)
         soak = run_soak(300)
     else:
         tp = run_throughput()
@@ -292,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         f"threads {soak['threads_before']} -> {soak['threads_after']}; "
         f"open files {soak['open_files_before']} -> {soak['open_files_after']}"
     )
+    load = os.getloadavg()
+    print(f"load average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -299,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            # Other processes' load skews every ratio; read the figures with it in mind.
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
         },
         "quick": args.quick,
         "throughput": tp,

@@ -514,3 +514,29 @@ def test_repr_and_closed_monitor(tmp_path: Path) -> None:
     monitor.close()
     assert monitor.step() is False
     assert "closed=True" in repr(monitor)
+
+
+def test_short_last_batch_does_not_break_training(tmp_path: Path) -> None:
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path, every=1, sample=3) as monitor:
+        model(torch.randn(4, 3, 16, 16)).sum().backward()
+        monitor.step()
+        model(torch.randn(2, 3, 16, 16)).sum().backward()  # no sample 3 in this batch
+        monitor.step()
+    ea = read_events(tmp_path)
+    assert [e.step for e in ea.Images("feature_maps/hook/stem.0")] == [0]
+    assert [e.step for e in ea.Images("filters/stem.0")] == [0, 1]
+
+
+def test_inactive_rank_has_no_hooks_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import torch_featureviz.monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "_distributed_rank", lambda: 1)
+    model = tiny_net()
+    monitor = FeatureMonitor(model, tmp_path / "logs", every=1)
+    assert not monitor.active and monitor.layers == [] and monitor.log_dir is None
+    assert hook_count(model) == 0
+    train(model, monitor, 2)
+    assert monitor.captured == 0
+    monitor.close()
+    assert not (tmp_path / "logs").exists()

@@ -125,6 +125,9 @@ class _MonitorCapture(FeatureCapture):
     def _hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if not self.enabled:
             return
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            if output.shape[0] <= self.sample:
+                return  # a short last batch lacks sample `sample`: skip it, never fail training
         super()._hook(name, module, args, output)
         target = self._pending_stats
         if target is None or not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
@@ -164,7 +167,6 @@ class _Capture:
     filters: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     probe_image: torch.Tensor | None = None
-    dropped: int = 0
     ready: Any = None  # a CUDA event to wait on before reading pinned host copies
 
 
@@ -187,10 +189,10 @@ def _check_float(value: Any, name: str, *, minimum: float | None = None) -> floa
 class FeatureMonitor:
     """Log filters, feature maps and activation statistics of a training model every N steps.
 
-    Create it once, after the model is built and moved to its device and *before*
-    ``torch.compile``; call :meth:`step` once per optimisation step (after
-    ``optimizer.step()``); call :meth:`close` at the end (or use it as a context manager; an
-    interpreter exit also flushes it).
+    Create it once, after the model is built and moved to its device (and, under DDP, after
+    ``torch.distributed.init_process_group``), and *before* ``torch.compile``; call
+    :meth:`step` once per optimisation step (after ``optimizer.step()``); call :meth:`close`
+    at the end (or use it as a context manager; an interpreter exit also flushes it).
 
     Args:
         model: the model being trained; DataParallel, DDP and ``torch.compile`` wrappers are
@@ -314,6 +316,8 @@ class FeatureMonitor:
         self._last_capture_time = time.monotonic()
         self._armed_passes: int | None = None
         self._atexit: Any = None
+        #: The watched conv layers' qualified names (empty on ranks that do not capture).
+        self.layers: list[str] = []
         if not self.active:
             return
 
