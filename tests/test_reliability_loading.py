@@ -283,13 +283,9 @@ class CallOrder(nn.Module):
 
 
 def test_a_layer_has_the_same_tag_for_its_filters_and_its_maps(tmp_path):
-    """filters/<tag> and feature_maps/hook/<tag> must show the same layer.
-
-    Fails today (tensorboard.py): TensorBoardWriter._log_grids de-duplicates colliding tags per
-    call, in the order of the mapping it is given; filters come in registration order and maps
-    in call order, so 'filters/branches.a_b' is the layer 'a b' while
-    'feature_maps/hook/branches.a_b' is the layer 'a/b'.
-    """
+    """filters/<tag> and feature_maps/hook/<tag> must show the same layer, even when two names
+    sanitise alike and the layers are called in another order than they are registered (a
+    per-call de-duplication in mapping order would swap them)."""
     model = CallOrder()
     with FeatureCapture(model) as cap, torch.no_grad():
         model(torch.randn(1, 3, 4, 4))
