@@ -62,7 +62,7 @@ def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def check_architecture(
     arch: dict, seed: int, batch: int, sample: int, train: bool, channels_last: bool
-) -> int:
+) -> tuple[int, int]:
     """Run every check on one generated model; return its numbers of convs and conv calls."""
     model = build_model(arch, seed).train(train)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -123,7 +123,9 @@ def check_architecture(
 
 
 def test_random_architectures(request):
-    stats = {"examples": 0, "convs": 0, "conv_calls": 0, "train": 0, "channels_last": 0}
+    stats: dict[str, float] = {
+        "examples": 0, "convs": 0, "conv_calls": 0, "train": 0, "channels_last": 0
+    }
     features: set[str] = set()
 
     @settings(
@@ -162,7 +164,7 @@ def test_reference_catches_a_wrong_capture():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True))
     x = torch.randn(1, 3, 8, 8)
     ref = reference_maps(model, x)
-    kept = {}
+    kept: dict[str, torch.Tensor] = {}
     handle = model[0].register_forward_hook(lambda m, a, o: kept.setdefault("0", o))  # no copy
     with torch.no_grad():
         model(x)

@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -192,6 +193,11 @@ class TripConv(nn.Conv2d):
         return out
 
 
+def set_trip(module: Any, exc: BaseException | None) -> None:
+    """Arm (or disarm, with None) a Tripwire or TripConv."""
+    module.exc = exc
+
+
 def trip_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -242,7 +248,7 @@ def test_exception_mid_forward_discards_the_partial_capture(position, exc_name, 
                     raise exc
                 user_hook = target.register_forward_hook(fail)
             else:
-                target.exc = exc
+                set_trip(target, exc)
             with pytest.raises(type(exc)):
                 model(x2)
             ledger["faults_injected"] += 1
@@ -252,7 +258,7 @@ def test_exception_mid_forward_discards_the_partial_capture(position, exc_name, 
             if user_hook is not None:
                 user_hook.remove()
             else:
-                target.exc = None
+                set_trip(target, None)
             # the next complete pass is whole: nothing stale from the failed one
             model(x3)
             assert list(cap.maps) == list(ref) and cap.passes == 2
@@ -274,10 +280,10 @@ def test_submodule_called_alone_after_a_failed_pass_is_still_captured():
     """
     model = Twice(trip_model())
     with FeatureCapture(model, max_channels=None) as cap:
-        model.body[0].exc = RuntimeError("injected")
+        set_trip(model.body[0], RuntimeError("injected"))
         with pytest.raises(RuntimeError, match="injected"):
             model(torch.randn(1, 3, 6, 6))
-        model.body[0].exc = None
+        set_trip(model.body[0], None)
         y = torch.randn(1, 4, 6, 6)
         out = model.body[5](y)  # a submodule on its own
     assert "body.5" in cap.maps, "the lone call went into the failed pass's dropped buffer"
@@ -290,13 +296,13 @@ def test_probe_pass_failing_leaves_the_model_as_it_was(exc, ledger):
     model.body[2].eval()  # a mixed train/eval state to restore
     probe = torch.randn(1, 3, 6, 6)
     before, rng = state_snapshot(model), torch.get_rng_state()
-    model.body[3].exc = exc
+    set_trip(model.body[3], exc)
     expected = RuntimeError if isinstance(exc, Exception) else KeyboardInterrupt
     match = r"the forward pass of Twice failed .*injected" if expected is RuntimeError else None
     with pytest.raises(expected, match=match):
         capture_feature_maps(model, probe)
     ledger["faults_injected"] += 1
-    model.body[3].exc = None
+    set_trip(model.body[3], None)
     assert_same_state(before, state_snapshot(model))
     assert torch.equal(rng, torch.get_rng_state())
     assert hook_count(model) == 0
@@ -309,11 +315,11 @@ def test_failed_training_step_logs_no_partial_maps(tmp_path, ledger):
     monitor = make_monitor(model, tmp_path, every=1, probe=None)
     trainer = Trainer(model, monitor)
     trainer.run(2)
-    model[0].exc = RuntimeError("bad batch")
+    set_trip(model[0], RuntimeError("bad batch"))
     with pytest.raises(RuntimeError, match="bad batch"):
         trainer.step()
     ledger["faults_injected"] += 1
-    model[0].exc = None
+    set_trip(model[0], None)
     monitor.step()  # the user still ends the step: filters are logged, no maps of a partial pass
     trainer.step_no += 1
     trainer.run(2)

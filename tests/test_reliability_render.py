@@ -74,7 +74,7 @@ def tensors(draw, *, weights: bool):
     if weights:
         inner = (draw(st.sampled_from([1, 2, 3, 3, 5])),)
         kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-        shape = (n, *inner, kh, kw)
+        shape: tuple[int, ...] = (n, *inner, kh, kw)
     else:
         shape = (n, draw(st.integers(1, 7)), draw(st.integers(1, 7)))
     kinds = draw(st.lists(st.sampled_from(KINDS), min_size=n, max_size=n))
@@ -126,7 +126,9 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_feature_grid_properties(request):
-    stats = {"examples": 0, "tiles": 0, "channels_last": 0, **{d: 0 for d in map(str, DTYPES)}}
+    stats: dict[str, float] = {
+        "examples": 0, "tiles": 0, "channels_last": 0, **{d: 0 for d in map(str, DTYPES)}
+    }
     kinds_seen: set[str] = set()
 
     @SETTINGS
@@ -179,7 +181,7 @@ def test_feature_grid_properties(request):
 
 
 def test_filter_grid_properties(request):
-    stats = {"examples": 0, "rgb": 0, "channels_last": 0}
+    stats: dict[str, float] = {"examples": 0, "rgb": 0, "channels_last": 0}
 
     @SETTINGS
     @given(data=tensors(weights=True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -90,7 +91,7 @@ def _soak(tmp_path, request) -> None:
     end_state = snapshot()
 
     first, last = samples[0], samples[-1]
-    figures = {
+    figures: dict[str, Any] = {
         "steps": WARMUP + STEPS,
         "captures": captured,
         "dropped": dropped,
