@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -101,7 +102,9 @@ class FeatureCapture:
                 self._handles[name] = module.register_forward_hook(
                     functools.partial(self._hook, name)
                 )
-            self._handles["<root-post>"] = self.root.register_forward_hook(self._end_pass)
+            self._handles["<root-post>"] = self.root.register_forward_hook(
+                self._end_pass, always_call=True
+            )
         except BaseException:
             self.remove()
             raise
@@ -139,9 +142,12 @@ class FeatureCapture:
             self._pending = {}
 
     def _end_pass(self, module: nn.Module, args: Any, output: Any) -> None:
-        pending = self._pending
+        # Registered with always_call=True, so it also runs when the forward raised; then
+        # output is None and the partial pass is dropped (maps keeps the last complete one).
+        pending, self._pending = self._pending, None
+        if output is None and sys.exc_info()[0] is not None:
+            return
         if self.enabled and pending is not None:
-            self._pending = None
             self.maps = pending
             self.passes += 1
 
