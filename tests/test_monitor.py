@@ -448,11 +448,19 @@ def test_context_manager_keeps_the_training_error(tmp_path: Path) -> None:
     assert hook_count(model) == 0
 
 
-def _wait_for_error(monitor: FeatureMonitor, timeout: float = 10.0) -> None:
+def _wait_for_error(monitor: FeatureMonitor, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while monitor.error is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert monitor.error is not None
+    if monitor.error is None:  # say where the writer is, to debug rather than guess
+        import faulthandler
+        import tempfile
+
+        with tempfile.TemporaryFile("w+") as f:
+            faulthandler.dump_traceback(f, all_threads=True)
+            f.seek(0)
+            stacks = f.read()
+        pytest.fail(f"the writer did not fail within {timeout} s: {monitor!r}\n{stacks}")
 
 
 SCRIPT = textwrap.dedent(
@@ -499,12 +507,12 @@ def _load_bench():  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_short_soak_leaves_no_threads_or_files(tmp_path: Path) -> None:
     bench = _load_bench()
-    result = bench.run_soak(400, every=10, log_dir=str(tmp_path))
+    result = bench.run_soak(200, every=10, log_dir=str(tmp_path))
     assert result["threads_after"] == result["threads_before"]
     assert result["open_files_after"] == result["open_files_before"]
-    # 40 captures of a tiny model: anything near this bound would be a leak, not noise.
+    # 20 captures of a tiny model: anything near this bound would be a leak, not noise.
     assert result["rss_drift_second_half_mb"] < 30
-    assert len(read_events(tmp_path).Images("feature_maps/probe/0")) == 40
+    assert len(read_events(tmp_path).Images("feature_maps/probe/0")) == 20
 
 
 def test_repr_and_closed_monitor(tmp_path: Path) -> None:
