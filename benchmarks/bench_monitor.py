@@ -109,30 +109,15 @@ def run_soak(
 
     tmp = log_dir or tempfile.mkdtemp(prefix="featureviz-soak-")
     try:
+        # Warm up first, in a throwaway directory: imports, lazily created process-wide pools
+        # (the PNG encoder's threads) and allocator caches are not a leak of the soak.
+        with tempfile.TemporaryDirectory(prefix="featureviz-soak-warmup-") as warm:
+            _train_tiny(2 * every, make_monitor, warm)
         gc.collect()
         before = {"rss_mb": rss_mb(), "threads": thread_count(), "open_files": open_files()}
-        model = _tiny_model()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(8, 3, 16, 16, generator=g)
-        y = torch.randint(0, 4, (8,), generator=g)
-        monitor = make_monitor(model, tmp)
         start = time.perf_counter()
-        half_rss = 0.0
-        for i in range(steps):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            monitor.step()
-            if i == steps // 2:
-                gc.collect()
-                half_rss = rss_mb()
-        gc.collect()
-        end_rss = rss_mb()
-        monitor.close()
+        half_rss, end_rss = _train_tiny(steps, make_monitor, tmp)
         seconds = time.perf_counter() - start
-        del monitor, model, opt
         gc.collect()
         after = {"rss_mb": rss_mb(), "threads": thread_count(), "open_files": open_files()}
     finally:
@@ -151,6 +136,32 @@ def run_soak(
         "open_files_before": before["open_files"],
         "open_files_after": after["open_files"],
     }
+
+
+def _train_tiny(
+    steps: int, make_monitor: Callable[[nn.Module, str], Any], log_dir: str
+) -> tuple[float, float]:
+    """Train the tiny CNN with a fresh monitor, close it; RSS (MB) at half-time and at the end."""
+    model = _tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 16, 16, generator=g)
+    y = torch.randint(0, 4, (8,), generator=g)
+    monitor = make_monitor(model, log_dir)
+    half_rss = 0.0
+    for i in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        monitor.step()
+        if i == steps // 2:
+            gc.collect()
+            half_rss = rss_mb()
+    gc.collect()
+    end_rss = rss_mb()
+    monitor.close()
+    return half_rss, end_rss
 
 
 # -- throughput ----------------------------------------------------------------------------

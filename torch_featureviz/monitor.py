@@ -236,7 +236,7 @@ class FeatureMonitor:
         ...     for _ in range(3):
         ...         loss = model(torch.randn(2, 3, 32, 32)).sum()
         ...         loss.backward(); opt.step(); opt.zero_grad()
-        ...         monitor.step()
+        ...         sampled = monitor.step()
         >>> monitor.captured, monitor.dropped
         (2, 0)
     """
