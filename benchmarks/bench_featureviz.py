@@ -251,8 +251,10 @@ def time_variants(
     alive: list[Variant] = []
     for v in variants:
         try:
-            for _ in range(max(1, cfg.warmup)):
+            for i in range(max(1, cfg.warmup)):
                 last[v.name] = _timed_call(v, cfg.device)
+                if last[v.name] * (cfg.warmup - i - 1 + cfg.min_repeats) > cfg.budget_s:
+                    break  # a slow variant is warm after one call; spend the time on repeats
             alive.append(v)
         except Exception as e:  # a peer that cannot do this model is reported, not fatal
             errors[v.name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
@@ -353,7 +355,13 @@ def build_variants(
         info["fx_build_s"] = time.perf_counter() - t0
         variants.append(Variant("fx", lambda: fx(x)))
     except Exception as e:  # FX cannot trace some models: that is a result, not a crash
-        info.setdefault("errors", {})["fx"] = f"{type(e).__name__}: {str(e)[:200]}"
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        if "is not present in model" in msg:
+            msg += (
+                " (convs inside torchvision.ops blocks such as Conv2dNormActivation are FX leaf "
+                "modules, so create_feature_extractor cannot return them)"
+            )
+        info.setdefault("errors", {})["fx"] = msg
     variants.append(Variant("naive", naive.run, naive.setup, naive.teardown))
     if cfg.captum:
         from captum.attr import LayerActivation
@@ -438,7 +446,8 @@ def _prepare_rss_measurement() -> None:
 
 
 def measure_memory(variants: list[Variant], device: str) -> dict[str, dict[str, float]]:
-    """Peak memory of one call of each variant, after one warm-up call of every variant.
+    """Peak memory of one call of each variant, after a warm-up call of the bare forward
+    (on CUDA, of every variant: cuDNN picks and caches its workspaces on a first call).
 
     Returns ``{name: {"peak_mb": ..., "extra_mb": ...}}``: the peak during the call and how far
     it rose above the memory in use just before the call (model and input included in the
@@ -449,7 +458,8 @@ def measure_memory(variants: list[Variant], device: str) -> dict[str, dict[str, 
     ok: list[Variant] = []
     for v in variants:
         try:
-            _timed_call(v, device)
+            if v.name == "bare" or cuda:  # the bare forward initialises the backends' caches
+                _timed_call(v, device)
             ok.append(v)
         except Exception:
             continue  # the timing pass reports the error

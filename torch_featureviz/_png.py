@@ -45,6 +45,16 @@ def to_hwc_numpy(grid: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(grid.detach().permute(1, 2, 0).cpu().numpy())
 
 
+def _deflate(rows: np.ndarray, level: int) -> bytes:
+    """zlib stream of ``rows``. Level 1 uses run-length matching (``Z_RLE``), as fast PNG
+    encoders do: on filtered rows it is ~2x faster than level 1's default hash matching and a
+    little smaller. Other levels use zlib's default strategy."""
+    if level != 1:
+        return zlib.compress(rows, level)
+    z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    return z.compress(rows) + z.flush()
+
+
 def encode_png(pixels: np.ndarray, *, level: int = 1) -> bytes:
     """Encode an ``(H, W, C)`` uint8 array (C = 1, 3 or 4) as PNG bytes."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in _COLOR_TYPE:
@@ -66,7 +76,7 @@ def encode_png(pixels: np.ndarray, *, level: int = 1) -> bytes:
         (
             _SIGNATURE,
             _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
+            _chunk(b"IDAT", _deflate(rows, level)),
             _chunk(b"IEND", b""),
         )
     )

