@@ -282,7 +282,7 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
         if found is None:
             raise ModelLoadError(
                 f"cannot read checkpoint {str(p)!r} with weights_only=True: it is corrupt, not "
