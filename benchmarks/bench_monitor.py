@@ -116,7 +116,7 @@ def run_soak(
         gc.collect()
         before = {"rss_mb": rss_mb(), "threads": thread_count(), "open_files": open_files()}
         start = time.perf_counter()
-        half_rss, end_rss = _train_tiny(steps, make_monitor, tmp)
+        half_rss, end_rss, dropped = _train_tiny(steps, make_monitor, tmp)
         seconds = time.perf_counter() - start
         gc.collect()
         after = {"rss_mb": rss_mb(), "threads": thread_count(), "open_files": open_files()}
@@ -126,6 +126,7 @@ def run_soak(
     return {
         "steps": steps,
         "every": every,
+        "dropped": dropped,
         "seconds": round(seconds, 2),
         "rss_before_mb": round(before["rss_mb"], 1),
         "rss_after_mb": round(after["rss_mb"], 1),
@@ -140,8 +141,12 @@ def run_soak(
 
 def _train_tiny(
     steps: int, make_monitor: Callable[[nn.Module, str], Any], log_dir: str
-) -> tuple[float, float]:
-    """Train the tiny CNN with a fresh monitor, close it; RSS (MB) at half-time and at the end."""
+) -> tuple[float, float, int]:
+    """Train the tiny CNN with a fresh monitor and close it.
+
+    Returns:
+        RSS (MB) at half-time and at the end, and the captures the monitor dropped.
+    """
     model = _tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(0)
@@ -161,7 +166,7 @@ def _train_tiny(
     gc.collect()
     end_rss = rss_mb()
     monitor.close()
-    return half_rss, end_rss
+    return half_rss, end_rss, int(getattr(monitor, "dropped", 0))
 
 
 # -- throughput ----------------------------------------------------------------------------
@@ -302,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<32}{value:>10.4f}{op + str(target):>10}{'yes' if ok else 'NO':>5}")
     print()
     print(
-        f"soak: {soak['steps']} steps, capture every {soak['every']}, {soak['seconds']} s; "
+        f"soak: {soak['steps']} steps, capture every {soak['every']} "
+        f"({soak['dropped']} dropped), {soak['seconds']} s; "
         f"RSS {soak['rss_before_mb']} -> {soak['rss_after_mb']} MB "
         f"(drift {soak['rss_drift_mb']} MB, second half {soak['rss_drift_second_half_mb']} MB); "
         f"threads {soak['threads_before']} -> {soak['threads_after']}; "
