@@ -57,7 +57,7 @@ CLASSES = (
 #: Inputs are scaled from [0, 1] to [-1, 1] with this mean and std (the probe photo too).
 MEAN, STD = 0.5, 0.5
 
-DEFAULT_STEPS = 800
+DEFAULT_STEPS = 600
 QUICK_STEPS = 120
 
 
