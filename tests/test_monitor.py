@@ -548,3 +548,16 @@ def test_inactive_rank_has_no_hooks_and_writes_nothing(tmp_path: Path, monkeypat
     assert monitor.captured == 0
     monitor.close()
     assert not (tmp_path / "logs").exists()
+
+
+def test_second_monitor_on_the_same_model_closes_the_first(tmp_path: Path) -> None:
+    model = tiny_net()
+    first = FeatureMonitor(model, tmp_path / "a", every=1)
+    hooks = hook_count(model)
+    with pytest.warns(RuntimeWarning, match="already had an open FeatureMonitor; closing it"):
+        second = FeatureMonitor(model, tmp_path / "b", every=1)
+    assert first.closed and not second.closed
+    assert hook_count(model) == hooks  # not doubled
+    train(model, second, 1)
+    second.close()
+    assert hook_count(model) == 0

@@ -82,6 +82,12 @@ __all__ = ["FeatureMonitor"]
 
 _STOP = object()
 
+#: The open monitor of each model: a second monitor on the same model closes the first (a
+#: notebook cell run twice must not stack hooks; wandb.watch's pitfall).
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[FeatureMonitor]] = (
+    weakref.WeakKeyDictionary()
+)
+
 
 class _MonitorCapture(FeatureCapture):
     """FeatureCapture that also reduces each conv output to a few statistics, on its device.
@@ -336,6 +342,20 @@ class FeatureMonitor:
         writer = TensorBoardWriter(log_dir, max_filters=self.max_filters, cmap=cmap)
 
         # -- from here on, resources exist: attach, start the writer thread ------------------
+        previous_ref = _ATTACHED.get(self.root)
+        previous = previous_ref() if previous_ref is not None else None
+        if previous is not None and not previous.closed:
+            warnings.warn(
+                f"{type(self.root).__name__} already had an open FeatureMonitor; closing it so "
+                "hooks do not pile up. Call close() (or use `with`) when you are done with one.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            try:
+                previous.close()
+            except RuntimeError:
+                pass  # its writer's error belongs to the old run
+        _ATTACHED[self.root] = weakref.ref(self)
         self._writer = writer
         self._capture = capture
         capture.enabled = False
