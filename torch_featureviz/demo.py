@@ -321,7 +321,7 @@ def run_demo(args: argparse.Namespace) -> int:
     test_x, test_y = test_x.to(device), test_y.to(device)
     model = build_demo_model(seed=args.seed).to(device)
     probe = demo_probe().to(device)
-    first_conv = model.stem.conv
+    first_conv: nn.Conv2d = model.stem.conv  # type: ignore[assignment]
     first_filters = first_conv.weight.detach().clone()
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

@@ -26,8 +26,12 @@ try:  # the unified package first, then the standalone one
     from lightning.pytorch.loggers import TensorBoardLogger
 except ImportError:  # pragma: no cover - exercised only without `lightning`
     try:
-        from pytorch_lightning import Callback, LightningModule, Trainer
-        from pytorch_lightning.loggers import TensorBoardLogger
+        from pytorch_lightning import (  # type: ignore[assignment]
+            Callback,
+            LightningModule,
+            Trainer,
+        )
+        from pytorch_lightning.loggers import TensorBoardLogger  # type: ignore[assignment]
     except ImportError as e:
         raise ImportError(
             "torch_featureviz.lightning needs PyTorch Lightning, which is not installed. "

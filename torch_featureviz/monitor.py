@@ -274,14 +274,14 @@ class FeatureMonitor:
     ) -> None:
         # -- validate everything in the calling thread, before any hook or file exists --------
         check_module(model)
-        self.every = check_positive_int(every, "every")
+        self.every: int = check_positive_int(every, "every")  # type: ignore[assignment]
         if every_seconds is not None:
             every_seconds = _check_float(every_seconds, "every_seconds", minimum=0.0)
             if every_seconds <= 0:
                 raise ValueError(f"every_seconds must be > 0 or None, got {every_seconds!r}.")
         self.every_seconds = every_seconds
         self.dead_window = check_positive_int(dead_window, "dead_window")
-        self.queue_size = check_positive_int(queue_size, "queue_size")
+        self.queue_size: int = check_positive_int(queue_size, "queue_size")  # type: ignore[assignment]
         self.max_filters = check_positive_int(max_filters, "max_filters", allow_none=True)
         self.close_timeout = _check_float(close_timeout, "close_timeout", minimum=0.0)
         near_zero = _check_float(near_zero, "near_zero", minimum=0.0)
