@@ -561,3 +561,15 @@ def test_second_monitor_on_the_same_model_closes_the_first(tmp_path: Path) -> No
     train(model, second, 1)
     second.close()
     assert hook_count(model) == 0
+
+
+def test_one_by_one_kernels_get_no_filter_grid(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
+    with FeatureMonitor(model, tmp_path, every=1, histograms=True) as monitor:
+        model(torch.randn(1, 3, 8, 8))
+        monitor.step()
+    ea = read_events(tmp_path)
+    assert "filters/0" in ea.Tags()["images"] and "filters/1" not in ea.Tags()["images"]
+    assert "feature_maps/hook/1" in ea.Tags()["images"]
+    assert "histograms/weights/1" in ea.Tags()["histograms"]
