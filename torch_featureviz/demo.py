@@ -380,7 +380,8 @@ def run_demo(args: argparse.Namespace) -> int:
     samples = save_grid_figure(
         make_image_grid(show, nrow=6, padding=2, upscale=3),
         figures / "dataset_samples.png",
-        title="Held-out samples, one row per class:\n" + ", ".join(CLASSES),
+        title="Held-out samples, one row per class: horizontal, vertical,\n"
+        "/ and \\ stripes, rings, checkerboard, disc, square",
     )
     summary = {
         "held_out_accuracy": accuracy,
