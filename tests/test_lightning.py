@@ -152,3 +152,20 @@ def test_missing_lightning_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pip install torch-featureviz[lightning]" in out.stdout
+
+
+def test_other_ranks_do_nothing(tmp_path: Path) -> None:
+    class NotRankZero:  # the parts of a Trainer the callback reads
+        is_global_zero = False
+        global_step = 0
+        loggers: list = []
+        default_root_dir = str(tmp_path)
+
+    callback = FeatureMonitorCallback(every=1)
+    module = Module()
+    callback.on_fit_start(NotRankZero(), module)  # type: ignore[arg-type]
+    callback.on_train_batch_start(NotRankZero(), module, None, 0)  # type: ignore[arg-type]
+    module(torch.randn(2, 3, 16, 16))
+    callback.on_train_batch_end(NotRankZero(), module, None, None, 0)  # type: ignore[arg-type]
+    assert callback.monitor is None and hook_count(module) == 0
+    assert not (tmp_path / "featureviz").exists()
