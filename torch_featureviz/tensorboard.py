@@ -267,26 +267,38 @@ class TensorBoardWriter:
             tags.append(tag)
         self._check_open()
         items = list(grids.values())
-        if len(items) > 1 and _ENCODE_THREADS > 1:
-            # zlib and the device-to-host copy release the GIL: encode the PNGs in parallel
-            # first; log_grid, still the one write path, then picks each one up in order.
-            # A pool per call: its threads are joined here, none outlives the call.
-            workers = min(_ENCODE_THREADS, len(items))
-            with ThreadPoolExecutor(workers, thread_name_prefix="featureviz-png") as pool:
-                try:
-                    pngs = list(pool.map(self._encode, items))
-                except RuntimeError as e:
-                    if "shutdown" not in str(e):
-                        raise
-                    pngs = None  # an atexit flush during interpreter shutdown: encode below
-            if pngs is not None:
-                self._encoded = {id(g): (g, png) for g, png in zip(items, pngs, strict=True)}
         try:
-            for tag, grid in zip(tags, items, strict=True):
-                self.log_grid(tag, grid, step)
+            if len(items) > 1 and _ENCODE_THREADS > 1:
+                self._log_encoded_in_parallel(tags, items, step)
+            else:
+                for tag, grid in zip(tags, items, strict=True):
+                    self.log_grid(tag, grid, step)
         finally:
             self._encoded = {}
         return tags
+
+    def _log_encoded_in_parallel(
+        self, tags: list[str], items: list[torch.Tensor], step: int
+    ) -> None:
+        """zlib and the device-to-host copy release the GIL: PNGs are encoded on a few threads
+        while earlier ones are written, in order, through :meth:`log_grid` (still the one write
+        path). The pool lives for this call only: no thread outlives it."""
+        workers = min(_ENCODE_THREADS, len(items))
+        with ThreadPoolExecutor(workers, thread_name_prefix="featureviz-png") as pool:
+            try:
+                pngs = pool.map(self._encode, items)  # submits every grid now
+            except RuntimeError as e:  # an atexit flush during interpreter shutdown
+                if "shutdown" not in str(e):
+                    raise
+                pngs = None
+            try:
+                for tag, grid in zip(tags, items, strict=True):
+                    if pngs is not None:
+                        self._encoded = {id(grid): (grid, next(pngs))}
+                    self.log_grid(tag, grid, step)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # skip grids nobody will write
+                raise
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _check_open(self) -> None:
