@@ -400,7 +400,12 @@ def test_close_never_hangs(tmp_path: Path) -> None:
         monitor.close()
     assert time.monotonic() - start < 3.0
     assert hook_count(model) == 0
-    gate.event.set()
+    gate.event.set()  # the disk recovers: the writer finishes alone and closes the log
+    assert monitor._thread is not None
+    monitor._thread.join(30)
+    assert not monitor._thread.is_alive()
+    assert monitor._writer is not None and monitor._writer.closed
+    assert len(read_events(tmp_path).Images("filters/stem.0")) == 2
 
 
 def _fail_writes(monitor: FeatureMonitor) -> None:

@@ -318,6 +318,7 @@ class FeatureMonitor:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._error_reported = False
+        self._stopping = False
         self._next_warn = 1
         self._probe_logged = False
         self._last_capture_time = time.monotonic()
@@ -539,9 +540,16 @@ class FeatureMonitor:
     # -- background writer -------------------------------------------------------------------
     def _run_writer(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stopping:  # close() could not enqueue the stop marker: drained now
+                    self._finish_writer()
+                    return
+                continue
             try:
                 if item is _STOP:
+                    self._finish_writer()
                     return
                 if self._error is None:
                     self._write(item)
@@ -552,6 +560,16 @@ class FeatureMonitor:
                     self._capture.enabled = False
             finally:
                 self._queue.task_done()
+
+    def _finish_writer(self) -> None:
+        """Close the log from the writer thread, after the last capture it wrote."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.close()
+        except BaseException as e:  # noqa: BLE001 - reported by close() like a writer error
+            if self._error is None:
+                self._error = e
 
     def _write(self, item: _Capture) -> None:
         writer = self._writer
@@ -648,32 +666,23 @@ class FeatureMonitor:
             self._capture.enabled = False
             self._capture.remove()
         thread = self._thread
-        finished = True
         if thread is not None:
-            deadline = time.monotonic() + self.close_timeout
-            while True:
-                try:
-                    self._queue.put(_STOP, timeout=0.05)
-                    break
-                except queue.Full:
-                    if not thread.is_alive() or time.monotonic() >= deadline:
-                        break
-            thread.join(max(0.0, deadline - time.monotonic()))
-            finished = not thread.is_alive()
-        if not finished:
-            warnings.warn(
-                f"FeatureMonitor.close() gave up after {self.close_timeout:.0f} s with "
-                f"{self._queue.qsize()} captures unwritten: the background writer is stuck "
-                "(a slow or hung disk?).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        elif self._writer is not None:
+            # The writer thread writes what is queued, then closes the log itself (also if
+            # this wait gives up: a slow disk then still gets everything, later).
+            self._stopping = True
             try:
-                self._writer.close()
-            except Exception as e:  # noqa: BLE001 - reported below like a writer error
-                if self._error is None:
-                    self._error = e
+                self._queue.put_nowait(_STOP)
+            except queue.Full:
+                pass  # the writer notices `_stopping` once the queue is drained
+            thread.join(self.close_timeout)
+            if thread.is_alive():
+                warnings.warn(
+                    f"FeatureMonitor.close() gave up after {self.close_timeout:.0f} s with "
+                    f"{self._queue.qsize()} captures unwritten: the background writer is stuck "
+                    "(a slow or hung disk?). It keeps writing in the background.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         self._raise_background_error()
 
     def __enter__(self) -> FeatureMonitor:
