@@ -160,9 +160,9 @@ def make_config(
         sizes=tuple(sizes or (128, 224)),
         batches=(1, 32) if cuda else (1,),
         warmup=2,
-        repeats=7,
+        repeats=7 if cuda else 11,
         min_repeats=3,
-        budget_s=3.0 if cuda else 6.0,
+        budget_s=3.0 if cuda else 8.0,
         captum=have_captum,
         torchlens=have_torchlens,
         e2e_model="resnet50",
@@ -355,7 +355,7 @@ def build_variants(
         info["fx_build_s"] = time.perf_counter() - t0
         variants.append(Variant("fx", lambda: fx(x)))
     except Exception as e:  # FX cannot trace some models: that is a result, not a crash
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0].split('. Hint')[0][:120]}"
         if "is not present in model" in msg:
             msg += (
                 " (convs inside torchvision.ops blocks such as Conv2dNormActivation are FX leaf "
