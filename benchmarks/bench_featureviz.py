@@ -605,7 +605,7 @@ def run_case(model_name: str, size: int, batch: int, cfg: Config) -> dict[str, A
         chain: dict[str, Any] = {"runs": "chain" in times}
         if "chain" in info["errors"]:
             chain["error"] = info["errors"]["chain"]
-        if chain["runs"]:
+        if chain["runs"] and batch == 1:  # sample 0 is the same image at every batch size
             hook_maps = fv.capture_feature_maps(model, x, max_channels=MAX_CHANNELS)
             chain_maps = fv.chain_feature_maps(model, x, max_channels=MAX_CHANNELS)
             chain["fidelity"] = chain_fidelity(hook_maps, chain_maps)
