@@ -94,7 +94,11 @@ def _use_fast_records(writer: Any) -> None:
         record_writer = writer._get_file_writer().event_writer._async_writer._writer
     except (AttributeError, ImportError):
         return
-    if type(record_writer) is RecordWriter and "write" not in vars(record_writer):
+    if (
+        type(record_writer) is RecordWriter
+        and hasattr(record_writer, "_writer")
+        and "write" not in vars(record_writer)
+    ):
         record_writer.write = functools.partial(_write_record, record_writer)
 
 
