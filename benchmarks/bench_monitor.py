@@ -185,8 +185,10 @@ class _Variant:
         self.model = _bench_model()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(batch, 3, 32, 32, generator=g)
-        self.y = torch.randint(0, 8, (batch,), generator=g)
+        # A fresh random batch every step (the same stream for every variant): a model that
+        # overfits one fixed batch drifts into denormal numbers and slows down over the run.
+        self.g = torch.Generator().manual_seed(1)
+        self.batch = batch
         self.monitor = None
         if every is not None:
             probe = torch.randn(1, 3, 32, 32, generator=g)
@@ -195,7 +197,9 @@ class _Variant:
             )
 
     def train_step(self) -> None:
-        loss = nn.functional.cross_entropy(self.model(self.x), self.y)
+        x = torch.randn(self.batch, 3, 32, 32, generator=self.g)
+        y = torch.randint(0, 8, (self.batch,), generator=self.g)
+        loss = nn.functional.cross_entropy(self.model(x), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -221,6 +225,7 @@ def run_throughput(
     step of the same model in adjacent pairs; the ratio is the median over pairs.
     """
     torch.manual_seed(0)
+    torch.set_flush_denormal(True)  # denormals would make step times drift during the run
     with tempfile.TemporaryDirectory(prefix="featureviz-bench-") as d:
         variants = {
             "none": _Variant("none", None, d, batch),
