@@ -578,3 +578,21 @@ def test_one_by_one_kernels_get_no_filter_grid(tmp_path: Path) -> None:
     assert "filters/0" in ea.Tags()["images"] and "filters/1" not in ea.Tags()["images"]
     assert "feature_maps/hook/1" in ea.Tags()["images"]
     assert "histograms/weights/1" in ea.Tags()["histograms"]
+
+
+def test_writer_thread_runs_at_lower_priority_on_linux(tmp_path: Path) -> None:
+    monitor = FeatureMonitor(tiny_net(), tmp_path, every=1)
+    try:
+        assert monitor._thread is not None
+        deadline = time.monotonic() + 10
+        while monitor._thread.native_id is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # the thread lowers its own priority first thing
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        writer = os.getpriority(os.PRIO_PROCESS, monitor._thread.native_id)
+        if sys.platform.startswith("linux"):
+            assert writer == min(19, mine + 10)
+        else:  # elsewhere the priority is left alone
+            assert writer == mine
+    finally:
+        monitor.close()

@@ -21,8 +21,10 @@ How it stays cheap:
 - On a sampled step the training thread only copies small, already selected tensors (one sample,
   ``max_channels`` channels per layer, the first ``max_filters`` filters, a few statistics) and
   puts them into a bounded queue. A background thread renders the grids, encodes the PNGs and
-  writes the event file. When the queue is full the capture is dropped, counted in
-  :attr:`FeatureMonitor.dropped` and a warning says so; memory never grows without bound.
+  writes the event file, at a lower scheduling priority on Linux (nice +10), so on a machine
+  whose cores training saturates it uses idle time first. When the queue is full the capture
+  is dropped, counted in :attr:`FeatureMonitor.dropped` and a warning says so; memory never
+  grows without bound.
 
 What is logged at the global step (tags):
 
@@ -58,6 +60,7 @@ import atexit
 import math
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -175,6 +178,22 @@ class _Capture:
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     probe_image: torch.Tensor | None = None
     ready: Any = None  # a CUDA event to wait on before reading pinned host copies
+
+
+def _lower_thread_priority(nice: int = 10) -> None:
+    """Make the calling thread yield the CPU to training (Linux: a per-thread nice value).
+
+    Rendering and encoding are off the training thread, but on a machine whose cores training
+    saturates they still compete for them; a lower priority makes them use idle time first.
+    Threads this thread starts (encoder pools) inherit it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # not permitted or not supported: run at normal priority
+        pass
 
 
 def _distributed_rank() -> int:
@@ -539,6 +558,7 @@ class FeatureMonitor:
 
     # -- background writer -------------------------------------------------------------------
     def _run_writer(self) -> None:
+        _lower_thread_priority()
         while True:
             try:
                 item = self._queue.get(timeout=0.1)
