@@ -291,6 +291,48 @@ def run_throughput(
     }
 
 
+def run_hook_overhead(*, calls: int = 100, repeats: int = 30) -> dict[str, float]:
+    """Cost of the gated-off hooks alone: a tiny forward with a monitor attached but not sampling,
+    against the same model with no hooks, alternating (noise-free where whole steps are not).
+    """
+    from torch_featureviz import FeatureMonitor
+
+    model = _bench_model().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with tempfile.TemporaryDirectory(prefix="featureviz-hooks-") as d:
+        monitor = FeatureMonitor(model, d, every=10**9, start_step=1)
+        cap = monitor._capture
+        assert cap is not None and not cap.enabled
+        cap.remove()  # toggled below: attached (gated off) vs no hooks at all
+
+        def forward_us() -> float:
+            start = time.perf_counter()
+            with torch.no_grad():
+                for _ in range(calls):
+                    model(x)
+            return (time.perf_counter() - start) / calls * 1e6
+
+        forward_us()
+        hooked: list[float] = []
+        bare: list[float] = []
+        for i in range(repeats):
+            for attached in (True, False) if i % 2 == 0 else (False, True):
+                if attached:
+                    cap.attach()
+                    hooked.append(forward_us())
+                    cap.remove()
+                else:
+                    bare.append(forward_us())
+        cap.attach()
+        monitor.close()
+    return {
+        "hooked_layers": len(cap.layers),
+        "forward_us_hooks_gated_off": round(statistics.median(hooked), 1),
+        "forward_us_no_hooks": round(statistics.median(bare), 1),
+        "overhead_us_per_forward": round(statistics.median(hooked) - statistics.median(bare), 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
@@ -298,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         tp = run_throughput(steps=10, repeats=20, capture_samples=10, batch=8)
+        hooks = run_hook_overhead(repeats=6)
         soak = run_soak(300)
     else:
         tp = run_throughput()
+        hooks = run_hook_overhead()
         soak = run_soak(3000)
 
     targets = {
@@ -321,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         ok = value >= target if op == ">=" else value <= target
         print(f"{k:<32}{value:>10.4f}{op + str(target):>10}{'yes' if ok else 'NO':>5}")
     print()
+    per_step = hooks["overhead_us_per_forward"] / (tp["mean_step_ms"]["none"] * 1000)
+    print(
+        f"gated-off hooks ({hooks['hooked_layers']} layers): "
+        f"{hooks['overhead_us_per_forward']} us per forward "
+        f"({hooks['forward_us_no_hooks']} -> {hooks['forward_us_hooks_gated_off']} us on a tiny "
+        f"input), {per_step:.2%} of a mean training step"
+    )
     print(
         f"soak: {soak['steps']} steps, capture every {soak['every']} "
         f"({soak['dropped']} dropped), {soak['seconds']} s; "
@@ -343,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "quick": args.quick,
         "throughput": tp,
+        "hook_overhead": hooks,
         "targets": {k: f"{op} {t}" for k, (op, t) in targets.items()},
         "soak": soak,
     }
