@@ -188,3 +188,17 @@ def test_render_errors():
         make_image_grid(torch.randn(2, 1, 3, 3), upscale=0)
     with pytest.raises(ValueError, match="image must be"):
         to_display_image(torch.randn(5, 4, 4))
+
+
+def test_colormap_keeps_padding_and_empty_cells_white():
+    maps = torch.randn(5, 4, 4)
+    grid = make_feature_grid(maps, cmap="viridis", padding=1)
+    gray = make_feature_grid(maps, padding=1)
+    assert grid.shape[1:] == gray.shape[1:]
+    lut = __import__("torch_featureviz.render", fromlist=["_colormap_lut"])._colormap_lut("viridis")
+    for i in range(5):
+        tile = tile_region(grid, i, h=4, w=4, ncol=3)
+        expected = lut[tile_region(gray, i, h=4, w=4, ncol=3)[0].long()].permute(2, 0, 1)
+        assert torch.equal(tile, expected)
+    assert (tile_region(grid, 5, h=4, w=4, ncol=3) == 255).all()  # the empty sixth cell
+    assert (grid[:, 0, :] == 255).all() and (grid[:, :, 0] == 255).all()

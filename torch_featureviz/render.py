@@ -122,7 +122,14 @@ def make_image_grid(
     pixels = _normalize(tiles.detach().float(), normalize).mul_(255.0).round_().to(torch.uint8)
     if upscale > 1:
         pixels = pixels.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
-        h, w = h * upscale, w * upscale
+    return _arrange(pixels, nrow=nrow, padding=padding, pad_value=pad_value)
+
+
+def _arrange(
+    pixels: torch.Tensor, *, nrow: int | None, padding: int, pad_value: int
+) -> torch.Tensor:
+    """Lay out ``(N, C, h, w)`` uint8 tiles in a grid with ``padding`` between and around them."""
+    n, c, h, w = pixels.shape
     ncol = nrow or math.ceil(math.sqrt(n))
     ncol = min(ncol, n)
     rows = math.ceil(n / ncol)
@@ -277,13 +284,18 @@ def make_feature_grid(
         if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
             raise ValueError(f"max_channels must be a positive int or None, got {max_channels!r}.")
         maps = maps[:max_channels]
-    grid = make_image_grid(
-        maps.unsqueeze(1), nrow=nrow, normalize=normalize, padding=padding, upscale=upscale
-    )
-    if cmap is not None:
-        lut = _colormap_lut(cmap).to(grid.device)
-        grid = lut[grid[0].long()].permute(2, 0, 1).contiguous()
-    return grid
+    if cmap is None:
+        return make_image_grid(
+            maps.unsqueeze(1), nrow=nrow, normalize=normalize, padding=padding, upscale=upscale
+        )
+    # Colour the tiles before laying them out, so padding and empty cells stay white.
+    lut = _colormap_lut(cmap).to(maps.device)
+    stacked = make_image_grid(
+        maps.unsqueeze(1), nrow=1, normalize=normalize, padding=0, upscale=upscale
+    )  # (1, C * h, w): the tiles stacked, already scaled to uint8
+    tiles = stacked[0].unflatten(0, (maps.shape[0], -1))  # (C, h, w)
+    coloured = lut[tiles.long()].permute(0, 3, 1, 2)  # (C, 3, h, w)
+    return _arrange(coloured, nrow=nrow, padding=padding, pad_value=255)
 
 
 def to_display_image(image: torch.Tensor) -> torch.Tensor:
