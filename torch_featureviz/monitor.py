@@ -126,10 +126,10 @@ class _MonitorCapture(FeatureCapture):
             self._pending_stats = {} if self.with_stats else None
 
     def _end_pass(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.enabled and self._pending is not None:
-            if self._pending_stats is not None:
-                self.stats = self._pending_stats
-            self._pending_stats = None
+        stats, self._pending_stats = self._pending_stats, None
+        failed = output is None and sys.exc_info()[0] is not None  # a forward that raised
+        if self.enabled and self._pending is not None and stats is not None and not failed:
+            self.stats = stats
         super()._end_pass(module, args, output)
 
     def _hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
