@@ -123,9 +123,9 @@ class TensorBoardWriter:
         >>> with FeatureCapture(model, max_channels=16) as cap, torch.no_grad():
         ...     _ = model(x)
         >>> with TensorBoardWriter(tempfile.mkdtemp()) as tb:
-        ...     tb.log_filters(model, step=0)
-        ...     tb.log_feature_maps(cap.maps, step=0)
-        ...     tb.log_image(x, step=0)
+        ...     _ = tb.log_filters(model, step=0)
+        ...     _ = tb.log_feature_maps(cap.maps, step=0)
+        ...     _ = tb.log_image(x, step=0)
     """
 
     def __init__(
