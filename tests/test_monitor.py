@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -572,14 +575,17 @@ def test_second_monitor_on_the_same_model_closes_the_first(tmp_path: Path) -> No
     assert hook_count(model) == 0
 
 
-def test_one_by_one_kernels_get_no_filter_grid(tmp_path: Path) -> None:
+def test_one_by_one_kernels_get_a_shared_scale_filter_grid(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
     with FeatureMonitor(model, tmp_path, every=1, histograms=True) as monitor:
         model(torch.randn(1, 3, 8, 8))
         monitor.step()
     ea = read_events(tmp_path)
-    assert "filters/0" in ea.Tags()["images"] and "filters/1" not in ea.Tags()["images"]
+    assert "filters/0" in ea.Tags()["images"] and "filters/1" in ea.Tags()["images"]
+    (event,) = ea.Images("filters/1")
+    pixels = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
+    assert len(np.unique(pixels)) > 2  # one shared scale: not every 1x1 tile black
     assert "feature_maps/hook/1" in ea.Tags()["images"]
     assert "histograms/weights/1" in ea.Tags()["histograms"]
 

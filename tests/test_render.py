@@ -202,3 +202,12 @@ def test_colormap_keeps_padding_and_empty_cells_white():
         assert torch.equal(tile, expected)
     assert (tile_region(grid, 5, h=4, w=4, ncol=3) == 255).all()  # the empty sixth cell
     assert (grid[:, 0, :] == 255).all() and (grid[:, :, 0] == 255).all()
+
+
+def test_one_by_one_kernels_share_one_scale_by_default():
+    w = torch.tensor([0.0, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
+    grid = make_filter_grid(w, upscale=1)
+    assert torch.equal(grid, make_image_grid(w, normalize="grid"))
+    tiles = [tile_region(grid, i, h=1, w=1, ncol=2).item() for i in range(4)]
+    assert tiles == [0, 64, 128, 255]  # not all black, as a per-tile scale would make them
+    assert (make_filter_grid(w, normalize="tile", upscale=1)[0, 1::2, 1::2] == 0).all()

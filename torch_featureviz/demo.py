@@ -298,7 +298,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from torch_featureviz._validation import check_writable_dir
     from torch_featureviz.capture import capture_feature_maps
-    from torch_featureviz.discovery import find_conv_layers
     from torch_featureviz.figures import (
         save_feature_figures,
         save_filter_figures,
@@ -372,8 +371,7 @@ def run_demo(args: argparse.Namespace) -> int:
     side_by_side = _save_first_vs_last(
         first_filters.cpu(), last_filters, steps, figures / "first_layer_filters_first_vs_last.png"
     )
-    spatial = {n: c for n, c in find_conv_layers(model).items() if c.kernel_size != (1, 1)}
-    filter_paths = save_filter_figures(spatial, figures)  # 1x1 kernels have no pattern to show
+    filter_paths = save_filter_figures(model, figures)
     maps = capture_feature_maps(model, probe.cpu(), max_channels=32)
     map_paths = save_feature_figures(maps, figures, mode="probe", cmap="viridis")
     show = torch.cat([test_x[test_y == c][:6].cpu() for c in range(len(CLASSES))])

@@ -28,8 +28,8 @@ How it stays cheap:
 
 What is logged at the global step (tags):
 
-- ``filters/<layer>``: filter grids (see :func:`~torch_featureviz.make_filter_grid`), for
-  kernels larger than 1x1 (a 1x1 kernel has no spatial pattern to show);
+- ``filters/<layer>``: filter grids (see :func:`~torch_featureviz.make_filter_grid`; 1x1
+  kernels share one scale across the grid);
 - ``feature_maps/hook/<layer>``: maps of sample ``sample`` of the *training batch*, captured
   during the step's own forward pass (no extra forward);
 - ``feature_maps/probe/<layer>``: maps of the fixed ``probe`` input, run under
@@ -600,10 +600,7 @@ class FeatureMonitor:
         if item.probe_image is not None:
             writer.log_image(item.probe_image, step, name="probe")
         if self.log_filters and item.filters:
-            # A 1x1 kernel has no spatial pattern: each tile would be one flat pixel.
-            spatial = {k: w for k, w in item.filters.items() if w.shape[-2:] != (1, 1)}
-            if spatial:
-                writer.log_filters(spatial, step)
+            writer.log_filters(item.filters, step)
         if item.hook_maps:
             writer.log_feature_maps(item.hook_maps, step, mode="hook")
         if item.probe_maps:

@@ -178,7 +178,7 @@ def make_filter_grid(
     channel: FilterChannel = "auto",
     max_filters: int | None = 64,
     nrow: int | None = None,
-    normalize: Normalize = "tile",
+    normalize: Normalize | None = None,
     padding: int = 1,
     upscale: int | None = None,
 ) -> torch.Tensor:
@@ -198,7 +198,10 @@ def make_filter_grid(
     Args:
         weight: ``(O, I, kh, kw)`` conv weight, or the ``nn.Conv2d`` itself. Not modified.
         max_filters: first filters shown; ``None`` shows all.
-        nrow, normalize, padding: as for :func:`make_image_grid`.
+        normalize: as for :func:`make_image_grid`; default ``"tile"``, except ``"grid"`` for
+            1x1 kernels: their tiles are single pixels, so a per-tile scale would make every one
+            black, while one shared scale shows each filter's weight against the others.
+        nrow, padding: as for :func:`make_image_grid`.
         upscale: nearest-neighbour factor; default makes tiles >= 32 px wide.
 
     Returns:
@@ -225,6 +228,8 @@ def make_filter_grid(
     if max_filters is not None:
         w = w[:max_filters]
     tiles = _filter_tiles(w.float(), channel)
+    if normalize is None:
+        normalize = "grid" if tiles.shape[-2:] == (1, 1) else "tile"
     if upscale is None:
         upscale = max(1, math.ceil(MIN_FILTER_TILE / max(tiles.shape[-2:])))
     return make_image_grid(tiles, nrow=nrow, normalize=normalize, padding=padding, upscale=upscale)
