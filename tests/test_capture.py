@@ -380,3 +380,32 @@ def test_hooks_work_where_fx_tracing_breaks():
         model(x)
     taken = "b" if model.a(x).mean() > 0 else "c"
     assert set(cap.maps) == {"a", taken}
+
+
+def test_buffers_are_reused_only_when_nobody_holds_them():
+    model = tiny_net().eval()
+    xs = [torch.randn(1, 3, 8, 8) for _ in range(6)]
+    refs = [reference_maps(model, x) for x in xs]  # before any hook exists
+    with FeatureCapture(model) as cap, torch.no_grad():
+        model(xs[0])
+        first = {k: weakref.ref(v) for k, v in cap.maps.items()}  # weak: no reference kept
+        model(xs[1])
+        model(xs[2])  # pass 1's maps are held by nobody: their tensors are reused
+        assert all(cap.maps[k] is first[k]() for k in first)
+        assert all(torch.equal(cap.maps[k], refs[2][k][0]) for k in cap.maps)
+
+        held_tensor = cap.maps["stem.0"]
+        held_dict = cap.maps
+        tensor_copy = held_tensor.clone()
+        dict_copy = {k: v.clone() for k, v in held_dict.items()}
+        model(xs[3])
+        held_view = cap.maps["heads.down"][0]  # shares memory without a Python reference
+        held_array = cap.maps["shared"].numpy()  # likewise
+        view_copy, array_copy = held_view.clone(), held_array.copy()
+        for x in xs[4:]:
+            model(x)
+        assert torch.equal(held_tensor, tensor_copy)  # never overwritten while the user holds it
+        assert all(torch.equal(held_dict[k], dict_copy[k]) for k in dict_copy)
+        assert torch.equal(held_view, view_copy)
+        assert (held_array == array_copy).all()
+        assert all(torch.equal(cap.maps[k], refs[-1][k][0]) for k in cap.maps)
