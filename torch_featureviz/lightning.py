@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - exercised only without `lightning`
             "Install the extra: pip install torch-featureviz[lightning]"
         ) from e
 
+from torch_featureviz._validation import check_positive_int
 from torch_featureviz.monitor import FeatureMonitor
 
 __all__ = ["FeatureMonitorCallback"]
@@ -76,10 +77,7 @@ class FeatureMonitorCallback(Callback):
                     f"FeatureMonitorCallback sets {reserved!r} itself (Lightning's rank-zero "
                     "convention and the trainer's global step); remove it."
                 )
-        if isinstance(every, bool) or not isinstance(every, int):
-            raise TypeError(f"every must be a positive int, got {type(every).__name__}.")
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}.")
+        check_positive_int(every, "every")
         if probe is not None and not isinstance(probe, torch.Tensor):
             raise TypeError(f"probe must be a torch.Tensor or None, got {type(probe).__name__}.")
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
