@@ -3,11 +3,18 @@
 After a warm-up, resident memory, the Python object count, the thread count and the open file
 descriptors are sampled every 1,000 steps; they must stay flat within the bounds below, and
 after ``close()`` threads and descriptors must be back to what they were before the monitor.
+
+Resident memory is read after ``gc.collect()`` and glibc's ``malloc_trim(0)``, so memory that
+was freed but kept by the allocator is not counted. A leak grows with every capture, so it shows
+in *both* of the last two samples; a one-off spike (seen in CI: one sample 26 MB high, inside a
+1.2 GB test process, back to +0.0 MB at the end) shows in one, and is bounded separately.
 The figures are printed and kept in pytest's cache (``reliability/soak``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import time
@@ -31,9 +38,20 @@ WARMUP = 500
 STEPS = 5_000
 EVERY = 10
 SAMPLE_EVERY = 1_000
-#: Bounds on the drift between the first sample after warm-up and the last one.
+#: Bound on the growth from the first sample after warm-up to the lower of the last two samples.
 MAX_RSS_DRIFT_MB = 8.0
+#: Bound on any one sample above the first (transient working memory, not a leak).
+MAX_RSS_PEAK_MB = 64.0
 MAX_OBJECT_DRIFT = 500
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere)."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def rss_mb() -> float:
@@ -46,6 +64,7 @@ def rss_mb() -> float:
 
 def snapshot() -> dict[str, float]:
     gc.collect()
+    _malloc_trim()
     return {
         "rss_mb": round(rss_mb(), 2),
         "objects": len(gc.get_objects()),
@@ -98,7 +117,8 @@ def _soak(tmp_path, request) -> None:
         "seconds": round(seconds, 1),
         "rss_mb_first": first["rss_mb"],
         "rss_mb_last": last["rss_mb"],
-        "rss_drift_mb": round(last["rss_mb"] - first["rss_mb"], 2),
+        "rss_mb_samples": [s["rss_mb"] for s in samples],
+        "rss_drift_mb": round(min(s["rss_mb"] for s in samples[-2:]) - first["rss_mb"], 2),
         "rss_drift_max_mb": round(max(s["rss_mb"] for s in samples) - first["rss_mb"], 2),
         "objects_first": first["objects"],
         "objects_last": last["objects"],
@@ -114,7 +134,8 @@ def _soak(tmp_path, request) -> None:
     record_figures(request, "soak", figures)
 
     assert captured + dropped == (WARMUP + STEPS) // EVERY
-    assert figures["rss_drift_max_mb"] <= MAX_RSS_DRIFT_MB, figures
+    assert figures["rss_drift_mb"] <= MAX_RSS_DRIFT_MB, figures
+    assert figures["rss_drift_max_mb"] <= MAX_RSS_PEAK_MB, figures
     assert abs(figures["object_drift"]) <= MAX_OBJECT_DRIFT, figures
     assert len(figures["threads_during"]) == 1 and len(figures["fds_during"]) == 1, figures
     assert end_state["threads"] == start_state["threads"], figures
