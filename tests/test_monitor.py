@@ -416,7 +416,7 @@ def _fail_writes(monitor: FeatureMonitor) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     assert monitor._writer is not None
-    monitor._writer.log_grid = no_space  # type: ignore[method-assign]
+    monitor._writer._add_values = no_space  # type: ignore[method-assign]
 
 
 def test_background_error_reaches_the_next_step(tmp_path: Path) -> None:

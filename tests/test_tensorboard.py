@@ -133,6 +133,37 @@ def test_writer_errors(tmp_path):
             tb2.log_feature_maps([torch.randn(2, 3, 3)], step=0)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="log_filters takes a model"):
             tb2.log_filters([1], step=0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="values must be a {tag: number} mapping, got list"):
+            tb2.log_scalars([("a", 1.0)], step=0)  # type: ignore[arg-type]
+    for bad, kind in ((0, ValueError), (2.0, TypeError), (True, TypeError)):
+        with pytest.raises(kind, match="encode_threads must be"):
+            TensorBoardWriter(tmp_path / "ok3", encode_threads=bad)  # type: ignore[arg-type]
+
+
+def test_scalars_of_one_call_are_separate_tags_at_one_step(tmp_path):
+    values = {"activations/a/mean": 0.25, "activations/a/std": torch.tensor(1.5), "x": 3}
+    with TensorBoardWriter(tmp_path) as tb:
+        tb.log_scalars(values, step=7)
+        tb.log_scalar("x", 4.0, step=8)
+    acc = EventAccumulator(str(tmp_path), size_guidance={SCALARS: 0})
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == set(values)
+    assert [(e.step, e.value) for e in acc.Scalars("activations/a/mean")] == [(7, 0.25)]
+    assert [(e.step, e.value) for e in acc.Scalars("activations/a/std")] == [(7, 1.5)]
+    assert [(e.step, e.value) for e in acc.Scalars("x")] == [(7, 3.0), (8, 4.0)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_parallel_and_serial_encoding_write_the_same_images(tmp_path, threads):
+    torch.manual_seed(0)
+    maps = {f"l{i}": torch.randn(8, 6 + i, 5) for i in range(5)}
+    with TensorBoardWriter(tmp_path, encode_threads=threads) as tb:
+        tags = tb.log_feature_maps(maps, step=2)
+    images = read_images(tmp_path)
+    assert tags == [f"feature_maps/hook/l{i}" for i in range(5)]  # in the maps' order
+    for name, m in maps.items():
+        (ev,) = images[f"feature_maps/hook/{name}"]
+        assert ev.step == 2 and np.array_equal(decode(ev), make_feature_grid(m)[0].numpy())
 
 
 def test_tensorboard_command_keeps_every_image():

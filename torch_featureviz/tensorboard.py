@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from torch_featureviz._png import encode_png, tfrecord, to_hwc_numpy
-from torch_featureviz._validation import check_writable_dir
+from torch_featureviz._validation import check_positive_int, check_writable_dir
 from torch_featureviz.discovery import find_conv_layers
 from torch_featureviz.render import (
     FilterChannel,
@@ -102,6 +102,14 @@ def _use_fast_records(writer: Any) -> None:
         record_writer.write = functools.partial(_write_record, record_writer)
 
 
+def _image_value(tag: str, png: tuple[int, int, int, bytes]) -> Any:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    h, w, c, data = png
+    image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=data)
+    return Summary.Value(tag=tag, image=image)
+
+
 class TensorBoardWriter:
     """Log torch_featureviz grids through a ``torch.utils.tensorboard.SummaryWriter``.
 
@@ -113,6 +121,9 @@ class TensorBoardWriter:
             :func:`~torch_featureviz.make_filter_grid`).
         max_filters: filters per filter grid.
         cmap: a matplotlib colormap for feature maps; ``None`` writes grayscale.
+        encode_threads: threads that encode the PNGs of one call to :meth:`log_filters` or
+            :meth:`log_feature_maps`; default ``min(4, os.cpu_count())``. ``1`` encodes on the
+            calling thread (what a background writer that should only use idle CPU wants).
 
     Example::
 
@@ -136,9 +147,14 @@ class TensorBoardWriter:
         filter_channel: FilterChannel = "auto",
         max_filters: int | None = 64,
         cmap: str | None = None,
+        encode_threads: int | None = None,
     ) -> None:
         if not isinstance(png_level, int) or not 0 <= png_level <= 9:
             raise ValueError(f"png_level must be an int in 0..9, got {png_level!r}.")
+        if encode_threads is None:
+            encode_threads = _ENCODE_THREADS
+        check_positive_int(encode_threads, "encode_threads")
+        self.encode_threads = encode_threads
         self.png_level = png_level
         self.filter_channel = filter_channel
         self.max_filters = max_filters
@@ -159,7 +175,6 @@ class TensorBoardWriter:
                 f"got {type(log_dir).__name__}."
             )
         self.closed = False
-        self._encoded: dict[int, tuple[torch.Tensor, tuple[int, int, int, bytes]]] = {}
 
     @property
     def log_dir(self) -> str:
@@ -172,30 +187,46 @@ class TensorBoardWriter:
     ) -> None:
         """Write one ``(C, H, W)`` uint8 grid (C = 1 or 3) as a PNG image under ``tag``."""
         self._check_open()
-        ready = self._encoded.pop(id(grid), None)  # encoded ahead by _log_grids
-        png = ready[1] if ready is not None and ready[0] is grid else self._encode(grid)
-        self._add_png(tag, png, step, walltime)
+        self._add_values([_image_value(tag, self._encode(grid))], step, walltime)
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        """Write one scalar."""
+        self.log_scalars({tag: value}, step)
+
+    def log_scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Write several scalars, ``{tag: value}``, at one step, as one event-file record.
+
+        Each is an ordinary scalar under its own tag in TensorBoard (unlike
+        ``SummaryWriter.add_scalars``, which makes one run per tag).
+        """
+        if not isinstance(values, Mapping):
+            kind = type(values).__name__
+            raise TypeError(f"values must be a {{tag: number}} mapping, got {kind}.")
+        self._check_open()
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self._add_values(
+            [Summary.Value(tag=str(tag), simple_value=float(v)) for tag, v in values.items()],
+            step,
+        )
 
     def _encode(self, grid: torch.Tensor) -> tuple[int, int, int, bytes]:
         pixels = to_hwc_numpy(grid)
         h, w, c = pixels.shape
         return h, w, c, encode_png(pixels, level=self.png_level)
 
-    def _add_png(
-        self, tag: str, png: tuple[int, int, int, bytes], step: int, walltime: float | None
-    ) -> None:
+    def _add_values(self, values: list[Any], step: int, walltime: float | None = None) -> None:
+        """The one write path: ``Summary.Value``s as one event (one record in the file).
+
+        One record per call rather than per image or scalar: each record costs a CRC-32C, a
+        protobuf and (in ``tensorboard``'s writer) opening the file to append.
+        """
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        h, w, c, data = png
-        image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=data)
-        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        if not values:
+            return
         _use_fast_records(self.writer)
-        self.writer._get_file_writer().add_summary(summary, int(step), walltime)
-
-    def log_scalar(self, tag: str, value: float, step: int) -> None:
-        """Write one scalar."""
-        self._check_open()
-        self.writer.add_scalar(tag, float(value), int(step))
+        self.writer._get_file_writer().add_summary(Summary(value=values), int(step), walltime)
 
     # -- what users log -------------------------------------------------------------------------
     def log_filters(
@@ -271,38 +302,26 @@ class TensorBoardWriter:
             tags.append(tag)
         self._check_open()
         items = list(grids.values())
-        try:
-            if len(items) > 1 and _ENCODE_THREADS > 1:
-                self._log_encoded_in_parallel(tags, items, step)
-            else:
-                for tag, grid in zip(tags, items, strict=True):
-                    self.log_grid(tag, grid, step)
-        finally:
-            self._encoded = {}
+        if len(items) > 1 and self.encode_threads > 1:
+            pngs = self._encode_in_parallel(items)
+        else:
+            pngs = [self._encode(grid) for grid in items]
+        self._add_values(
+            [_image_value(tag, png) for tag, png in zip(tags, pngs, strict=True)], step
+        )
         return tags
 
-    def _log_encoded_in_parallel(
-        self, tags: list[str], items: list[torch.Tensor], step: int
-    ) -> None:
-        """zlib and the device-to-host copy release the GIL: PNGs are encoded on a few threads
-        while earlier ones are written, in order, through :meth:`log_grid` (still the one write
-        path). The pool lives for this call only: no thread outlives it."""
-        workers = min(_ENCODE_THREADS, len(items))
-        with ThreadPoolExecutor(workers, thread_name_prefix="featureviz-png") as pool:
-            try:
-                pngs = pool.map(self._encode, items)  # submits every grid now
-            except RuntimeError as e:  # an atexit flush during interpreter shutdown
-                if "shutdown" not in str(e):
-                    raise
-                pngs = None
-            try:
-                for tag, grid in zip(tags, items, strict=True):
-                    if pngs is not None:
-                        self._encoded = {id(grid): (grid, next(pngs))}
-                    self.log_grid(tag, grid, step)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # skip grids nobody will write
+    def _encode_in_parallel(self, items: list[torch.Tensor]) -> list[tuple[int, int, int, bytes]]:
+        """zlib and the device-to-host copy release the GIL: PNGs are encoded on a few threads.
+        The pool lives for this call only: no thread outlives it."""
+        workers = min(self.encode_threads, len(items))
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="featureviz-png") as pool:
+                return list(pool.map(self._encode, items))
+        except RuntimeError as e:  # an atexit flush during interpreter shutdown: no new threads
+            if "shutdown" not in str(e):
                 raise
+            return [self._encode(grid) for grid in items]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _check_open(self) -> None:
