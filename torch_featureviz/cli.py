@@ -217,7 +217,7 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     out = args.out
     if out is None and args.logdir is None:
         out = _DEFAULT_OUT
-    dirs = []
+    dirs: list[Path | None] = []
     for value, flag in ((out, "--out"), (args.logdir, "--logdir")):
         if value is None:
             dirs.append(None)
@@ -543,8 +543,8 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=88)
 
 
-def _model_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _model_options() -> _Parser:
+    p = _Parser(add_help=False)
     g = p.add_argument_group("model")
     g.add_argument(
         "model", nargs="?", metavar="MODEL",
@@ -578,8 +578,8 @@ def _model_options() -> argparse.ArgumentParser:
     return p
 
 
-def _output_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _output_options() -> _Parser:
+    p = _Parser(add_help=False)
     g = p.add_argument_group("output")
     g.add_argument(
         "--out", metavar="DIR",

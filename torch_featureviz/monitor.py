@@ -93,6 +93,12 @@ _ATTACHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[FeatureMonitor]] = (
 )
 
 
+#: A hook's reductions of one conv output, on its device: ``tensor([sum, L2 norm, near-zero
+#: count in the shown sample])`` (float32), each channel's maximum ``(C,)``, the output's element
+#: count and the shown sample's element count.
+_LayerSums = tuple[torch.Tensor, torch.Tensor, int, int]
+
+
 class _MonitorCapture(FeatureCapture):
     """FeatureCapture that also reduces each conv output to a few statistics, on its device.
 
@@ -109,16 +115,14 @@ class _MonitorCapture(FeatureCapture):
         max_channels: int | None,
         sample: int,
         near_zero: float,
-        active_threshold: float,
     ) -> None:
         super().__init__(model, layers, max_channels=max_channels, sample=sample)
         self.near_zero = near_zero
-        self.active_threshold = active_threshold
         #: When False (probe passes) only the maps are kept.
         self.with_stats = True
-        #: ``{layer: (tensor([mean, std, near_zero_fraction]), per-channel active (C,) bool)}``.
-        self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._pending_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        #: ``{layer: _LayerSums}`` of the last published pass (see :func:`_activation_stats`).
+        self.stats: dict[str, _LayerSums] = {}
+        self._pending_stats: dict[str, _LayerSums] | None = None
 
     def _start_pass(self, module: nn.Module, args: Any) -> None:
         if self.enabled:
@@ -144,26 +148,36 @@ class _MonitorCapture(FeatureCapture):
             return
         if self._device is not None and output.device != self._device:
             return
-        # Reductions only (no full-size temporaries: on CPU, allocating them costs more than
-        # the arithmetic); float32 so bf16 and fp16 activations work.
+        # Reductions only, and as few ops as possible (each costs the training thread a few
+        # microseconds of dispatch): no full-size temporaries (on CPU, allocating them costs
+        # more than the arithmetic), float32 so bf16 and fp16 activations work. The writer
+        # thread turns the sums into mean, std and fractions.
         x = output.detach().float()
-        n = max(x.numel(), 1)
-        mean = x.mean()
-        sumsq = torch.linalg.vector_norm(x).square()
-        std = ((sumsq / n - mean.square()).clamp(min=0) * (n / max(n - 1, 1))).sqrt()
         if x.dim() == 4:
-            active = x.flatten(2).amax(dim=2).amax(dim=0) > self.active_threshold
+            peak = x.amax(dim=(0, 2, 3))
             one = x[min(self.sample, x.shape[0] - 1)]
         else:
-            active = x.flatten(1).amax(dim=1) > self.active_threshold
+            peak = x.amax(dim=1)
             one = x
         # Near-zero values are counted in the shown sample (every channel): a comparison
         # needs a temporary, and one sample keeps it small.
-        near = (one.abs() <= self.near_zero).sum() / max(one.numel(), 1)
+        near = (one.abs() <= self.near_zero).sum()
+        sums = torch.stack([x.sum(), torch.linalg.vector_norm(x), near.to(x.dtype)])
         key, calls = name, 1
         while key in target:
             key, calls = f"{name}#{calls}", calls + 1
-        target[key] = (torch.stack([mean, std, near.float()]), active)
+        target[key] = (sums, peak, x.numel(), one.numel())
+
+
+def _activation_stats(
+    sums: torch.Tensor, numel: int, sample_numel: int
+) -> tuple[float, float, float]:
+    """Mean, std (Bessel-corrected) and near-zero fraction from a hook's float32 sums."""
+    total, norm, near = (float(v) for v in sums.tolist())
+    n = max(numel, 1)
+    mean = total / n
+    var = max(norm * norm / n - mean * mean, 0.0) * (n / max(n - 1, 1))
+    return mean, math.sqrt(var), near / max(sample_numel, 1)
 
 
 @dataclass
@@ -175,7 +189,7 @@ class _Capture:
     hook_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     probe_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     filters: dict[str, torch.Tensor] = field(default_factory=dict)
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    stats: dict[str, _LayerSums] = field(default_factory=dict)
     probe_image: torch.Tensor | None = None
     ready: Any = None  # a CUDA event to wait on before reading pinned host copies
 
@@ -305,7 +319,7 @@ class FeatureMonitor:
         self.max_filters = check_positive_int(max_filters, "max_filters", allow_none=True)
         self.close_timeout = _check_float(close_timeout, "close_timeout", minimum=0.0)
         near_zero = _check_float(near_zero, "near_zero", minimum=0.0)
-        active_threshold = _check_float(active_threshold, "active_threshold")
+        self.active_threshold = _check_float(active_threshold, "active_threshold")
         if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
             raise ValueError(f"start_step must be an int >= 0, got {start_step!r}.")
         for flag, name in (
@@ -354,13 +368,16 @@ class FeatureMonitor:
             max_channels=max_channels,
             sample=sample,
             near_zero=near_zero,
-            active_threshold=active_threshold,
         )
         self.layers = list(capture.layers)
         self.probe = None if probe is None else self._check_probe(probe, capture)
         if isinstance(log_dir, (str, os.PathLike)) and not rank_zero_only and self.rank != 0:
             log_dir = os.path.join(os.fspath(log_dir), f"rank{self.rank}")
-        writer = TensorBoardWriter(log_dir, max_filters=self.max_filters, cmap=cmap)
+        # Encode on the writer thread itself: it runs at a low priority to use idle CPU, and
+        # extra encoder threads would only compete with training (and cost a start-up each).
+        writer = TensorBoardWriter(
+            log_dir, max_filters=self.max_filters, cmap=cmap, encode_threads=1
+        )
 
         # -- from here on, resources exist: attach, start the writer thread ------------------
         previous_ref = _ATTACHED.get(self.root)
@@ -549,7 +566,7 @@ class FeatureMonitor:
         item.hook_maps = {k: move(v) for k, v in item.hook_maps.items()}
         item.probe_maps = {k: move(v) for k, v in item.probe_maps.items()}
         item.filters = {k: move(v, copy=True) for k, v in item.filters.items()}
-        item.stats = {k: (move(a), move(b)) for k, (a, b) in item.stats.items()}
+        item.stats = {k: (move(a), move(b), n, m) for k, (a, b, n, m) in item.stats.items()}
         if item.probe_image is not None:
             item.probe_image = move(item.probe_image)
         if event is not None:
@@ -605,25 +622,32 @@ class FeatureMonitor:
             writer.log_feature_maps(item.hook_maps, step, mode="hook")
         if item.probe_maps:
             writer.log_feature_maps(item.probe_maps, step, mode="probe")
-        for name, (values, active) in item.stats.items():
+        scalars: dict[str, float] = {}
+        for name, (sums, peak, numel, sample_numel) in item.stats.items():
             tag = f"activations/{layer_tag(name)}"
-            mean, std, near = values.tolist()
+            mean, std, near = _activation_stats(sums, numel, sample_numel)
+            active = peak > self.active_threshold
             window = self._window.setdefault(name, deque(maxlen=self.dead_window))
             if window and window[-1].shape != active.shape:
                 window.clear()
             window.append(active)
             ever = torch.stack(list(window)).any(dim=0)
             dead = 1.0 - ever.float().mean().item()
-            writer.log_scalar(f"{tag}/mean", mean, step)
-            writer.log_scalar(f"{tag}/std", std, step)
-            writer.log_scalar(f"{tag}/near_zero", near, step)
-            writer.log_scalar(f"{tag}/dead_channels", dead, step)
+            scalars.update(
+                {
+                    f"{tag}/mean": mean,
+                    f"{tag}/std": std,
+                    f"{tag}/near_zero": near,
+                    f"{tag}/dead_channels": dead,
+                }
+            )
         if self.histograms:
             for name, m in item.hook_maps.items():
                 self._histogram(f"histograms/activations/{layer_tag(name)}", m, step)
             for name, w in item.filters.items():
                 self._histogram(f"histograms/weights/{layer_tag(name)}", w, step)
-        writer.log_scalar("featureviz/dropped_captures", self.dropped, step)
+        scalars["featureviz/dropped_captures"] = self.dropped
+        writer.log_scalars(scalars, step)
         # Flush each capture: what was written before a crash stays readable.
         writer.flush()
 
@@ -654,10 +678,14 @@ class FeatureMonitor:
         if self._thread is None or not self._thread.is_alive():
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
+        done = self._queue.all_tasks_done  # notified by the writer's task_done()
+        with done:
+            while self._queue.unfinished_tasks and self._thread.is_alive():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Bounded waits: a writer thread that died still lets this loop look again.
+                done.wait(0.1 if remaining is None else min(remaining, 0.1))
         if self._writer is not None and self._error is None:
             self._writer.flush()
         self._raise_background_error()
