@@ -284,24 +284,27 @@ def paired_ratio(times: list[float], bare: list[float]) -> float:
 # the variants
 # ---------------------------------------------------------------------------------------------
 class _HookCapture:
-    """torch_featureviz hook mode; a fresh ``FeatureCapture`` is attached per call."""
+    """torch_featureviz hook mode, as a loop uses it: one ``FeatureCapture`` for every call.
+
+    Its hooks are attached before each timed call and removed after it (the other variants
+    share the model), outside the timing; the capture object lives on, so a call's copies go
+    into the buffers of the pass before, as in a training or inference loop that looks at
+    ``maps`` and lets them go.
+    """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, max_channels: int | None) -> None:
-        self.model, self.x, self.max_channels = model, x, max_channels
-        self.cap: fv.FeatureCapture | None = None
+        self.model, self.x = model, x
+        self.cap = fv.FeatureCapture(model, max_channels=max_channels)
 
     def setup(self) -> None:
-        self.cap = fv.FeatureCapture(self.model, max_channels=self.max_channels).attach()
+        self.cap.attach()
 
     def run(self) -> dict[str, torch.Tensor]:
-        assert self.cap is not None
         self.model(self.x)
         return self.cap.maps
 
     def teardown(self) -> None:
-        if self.cap is not None:
-            self.cap.remove()
-        self.cap = None
+        self.cap.remove()
 
 
 class _NaiveHooks:
