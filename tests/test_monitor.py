@@ -308,6 +308,39 @@ def test_statistics_near_zero_and_dead_channels(tmp_path: Path) -> None:
     assert [e.value for e in ea.Scalars("featureviz/dropped_captures")] == [0.0] * 4
 
 
+class _Unbatched(nn.Module):
+    """Calls its conv on one (C, H, W) sample: the conv's output has no batch dimension."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x[0])).unsqueeze(0)
+
+
+def test_statistics_of_an_unbatched_conv_output(tmp_path: Path) -> None:
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([1.0, 1.0, -1.0, -1.0]))  # 0, 1 always active; 3 never
+        conv.weight[2, 0, 1, 1] = 10.0  # channel 2: active at one pixel only, (0, 0)
+    model = _Unbatched(conv)
+    x = torch.full((1, 3, 8, 8), -1.0)
+    x[0, 0, 0, 0] = 1.0
+    with FeatureMonitor(model, tmp_path, every=1) as monitor:
+        model(x)
+        monitor.step()
+    out = conv(x[0]).detach()
+    ea = read_events(tmp_path)
+    (mean,) = ea.Scalars("activations/conv/mean")
+    (std,) = ea.Scalars("activations/conv/std")
+    (dead,) = ea.Scalars("activations/conv/dead_channels")
+    assert mean.value == pytest.approx(out.mean().item(), rel=1e-5)
+    assert std.value == pytest.approx(out.std().item(), rel=1e-5)
+    assert dead.value == pytest.approx(0.25)  # per-column activity would give 15/32
+
+
 def test_dead_channels_use_a_window(tmp_path: Path) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 2, 1, bias=False)

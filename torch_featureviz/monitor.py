@@ -156,8 +156,8 @@ class _MonitorCapture(FeatureCapture):
         if x.dim() == 4:
             peak = x.amax(dim=(0, 2, 3))
             one = x[min(self.sample, x.shape[0] - 1)]
-        else:
-            peak = x.amax(dim=1)
+        else:  # an unbatched conv call: (C, H, W)
+            peak = x.amax(dim=(1, 2))
             one = x
         # Near-zero values are counted in the shown sample (every channel): a comparison
         # needs a temporary, and one sample keeps it small.
