@@ -547,6 +547,35 @@ def _load_bench():  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:FeatureMonitor dropped the capture:RuntimeWarning")
+def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsys) -> None:
+    """The benchmark cannot rot: its --quick run prints the table and writes the JSON, every
+    figure finite and positive (no timing is asserted)."""
+    import json
+    import math
+
+    bench = _load_bench()
+    out = tmp_path / "monitor.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    (run,) = result["throughput"].values()
+    assert run["steps_per_variant"] == 200 and run["captures"] == 2
+    figures = [
+        *run["mean_step_ms"].values(),
+        run["capture_step_ms"],
+        run["normal_step_ms"],
+        *(run[k] for k in result["targets"]),
+        *(x for ratios in run["block_ratios"].values() for x in ratios),
+    ]
+    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 2 + 3 + 2 * 2
+    assert all(math.isfinite(x) and x > 0 for x in figures), figures
+    for key in result["targets"]:
+        assert key in printed
+    assert result["soak"]["threads_after"] == result["soak"]["threads_before"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:FeatureMonitor dropped the capture:RuntimeWarning")
 def test_short_soak_leaves_no_threads_or_files(tmp_path: Path) -> None:
     bench = _load_bench()
     result = bench.run_soak(200, every=10, log_dir=str(tmp_path))
