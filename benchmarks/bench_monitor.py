@@ -20,6 +20,7 @@ Run: ``python benchmarks/bench_monitor.py [--quick]``. Prints a table, writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -28,7 +29,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,18 @@ class _Variant:
         return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def _flushing_denormals() -> Iterator[None]:
+    """Flush denormal numbers to zero (they would make step times drift during the run), and
+    put the process-wide setting back afterwards (torch has no getter: a product tells)."""
+    was_on = (torch.tensor([1e-39]) * 1.0).item() == 0.0
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
 #: The capture period the throughput target names (``every=100``).
 PERIOD = 100
 
@@ -255,9 +268,8 @@ def run_throughput(*, batch: int, rounds: int = 8, capture_samples: int = 40) ->
     adjacent pairs; the ratio is the median over pairs.
     """
     torch.manual_seed(0)
-    torch.set_flush_denormal(True)  # denormals would make step times drift during the run
     period, every_name = PERIOD, f"every{PERIOD}"
-    with tempfile.TemporaryDirectory(prefix="featureviz-bench-") as d:
+    with _flushing_denormals(), tempfile.TemporaryDirectory(prefix="featureviz-bench-") as d:
         # start_step=1: the never-sampling monitor does not capture step 0 either.
         unsampled = _Variant("unsampled", 10**9, d, batch, start_step=1)
         every = _Variant(every_name, period, d, batch)
