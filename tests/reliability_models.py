@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -346,6 +347,19 @@ def owned_threads(threads: list[threading.Thread] | None = None) -> list[threadi
 
 def shared_pool_threads() -> int:
     return sum(t.name.startswith(SHARED_POOL_PREFIXES) for t in threading.enumerate())
+
+
+# -- hypothesis -------------------------------------------------------------------------------
+def reproducible(examples: int) -> Any:
+    """hypothesis settings for this suite: ``examples`` cases, the same ones on every run
+    (derandomized, no example database), no deadline and no health-check aborts."""
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 # -- figures ----------------------------------------------------------------------------------

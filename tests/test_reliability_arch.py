@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -25,6 +25,7 @@ from tests.reliability_models import (
     build_model,
     one_thread,
     record_figures,
+    reproducible,
     spec_features,
 )
 from tests.test_capture import reference_maps
@@ -128,10 +129,7 @@ def test_random_architectures(request):
     }
     features: set[str] = set()
 
-    @settings(
-        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @reproducible(EXAMPLES)
     @given(
         arch=arch_specs(),
         seed=st.integers(0, 2**16),
@@ -214,8 +212,7 @@ def test_monitor_on_random_architectures(tmp_path_factory, request):
 
     stats = {"examples": 0, "tags": 0}
 
-    @settings(max_examples=25, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @reproducible(25)
     @given(arch=arch_specs(), seed=st.integers(0, 2**16))
     def check(arch, seed):
         model = build_model(arch, seed).train(bool(seed & 1))
@@ -257,8 +254,7 @@ def test_chain_mode_on_random_architectures(request):
     sequence of convs (nothing in between) it equals hook mode bit for bit."""
     stats = {"examples": 0, "chained": 0, "broke": 0, "plain_sequences": 0}
 
-    @settings(max_examples=100, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @reproducible(100)
     @given(arch=arch_specs(), seed=st.integers(0, 2**16))
     def check(arch, seed):
         model = build_model(arch, seed).train(bool(seed & 1))

@@ -14,18 +14,15 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.reliability_models import one_thread, record_figures
+from tests.reliability_models import one_thread, record_figures, reproducible
 from torch_featureviz import make_feature_grid, make_filter_grid
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KINDS = ("normal", "huge", "tiny", "denormal", "max", "constant", "nan", "inf", "mixed")
-SETTINGS = settings(
-    max_examples=300, derandomize=True, deadline=None, database=None,
-    suppress_health_check=list(HealthCheck),
-)
+SETTINGS = reproducible(300)
 _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
          torch.float64: torch.int64}
 
