@@ -227,7 +227,10 @@ class _Variant:
         """
         cap = None if self.monitor is None else self.monitor._capture
         if cap is not None and cap.attached != attached:  # outside the timing
-            cap.attach() if attached else cap.remove()
+            if attached:
+                cap.attach()
+            else:
+                cap.remove()
         start = time.perf_counter()
         self.train_step()
         if attached and self.monitor is not None and self.monitor.step():
