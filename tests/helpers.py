@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+from torch_featureviz import find_conv_layers
+from torch_featureviz.naming import call_key, split_call_key
 
 
 def hook_count(model: nn.Module) -> int:
@@ -67,3 +72,31 @@ class TinyNet(nn.Module):
 def tiny_net(seed: int = 0, **kwargs: int) -> TinyNet:
     torch.manual_seed(seed)
     return TinyNet(**kwargs)
+
+
+class _Recorder(nn.Module):
+    """Replaces a conv in a deep copy and records a clone of its output (no hooks involved)."""
+
+    def __init__(self, conv: nn.Module, name: str, store: dict) -> None:
+        super().__init__()
+        self.conv, self.name, self.store = conv, name, store
+
+    def forward(self, x):
+        out = self.conv(x)
+        index = sum(1 for k in self.store if split_call_key(k)[0] == self.name)
+        self.store[call_key(self.name, index)] = out.detach().clone()
+        return out
+
+
+def reference_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every conv output for ``x``, computed on an instrumented deep copy without forward hooks."""
+    twin = copy.deepcopy(model)
+    store: dict[str, torch.Tensor] = {}
+    for name in list(find_conv_layers(twin)):
+        parent_name, _, attr = name.rpartition(".")
+        parent = twin.get_submodule(parent_name) if parent_name else twin
+        parent._modules[attr] = _Recorder(parent._modules[attr], name, store)
+    assert hook_count(twin) == 0
+    with torch.no_grad():
+        twin(x)
+    return store

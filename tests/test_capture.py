@@ -1,4 +1,3 @@
-import copy
 import gc
 import weakref
 
@@ -7,38 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import assert_same_state, hook_count, state_snapshot, tiny_net
+from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot, tiny_net
 from torch_featureviz import FeatureCapture, capture_feature_maps, find_conv_layers
-
-
-class _Recorder(nn.Module):
-    """Replaces a conv in a deep copy and records a clone of its output (no hooks involved)."""
-
-    def __init__(self, conv: nn.Module, name: str, store: dict) -> None:
-        super().__init__()
-        self.conv, self.name, self.store = conv, name, store
-
-    def forward(self, x):
-        out = self.conv(x)
-        key, k = self.name, 1
-        while key in self.store:
-            key, k = f"{self.name}#{k}", k + 1
-        self.store[key] = out.detach().clone()
-        return out
-
-
-def reference_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every conv output for ``x``, computed on an instrumented deep copy without forward hooks."""
-    twin = copy.deepcopy(model)
-    store: dict[str, torch.Tensor] = {}
-    for name in list(find_conv_layers(twin)):
-        parent_name, _, attr = name.rpartition(".")
-        parent = twin.get_submodule(parent_name) if parent_name else twin
-        parent._modules[attr] = _Recorder(parent._modules[attr], name, store)
-    assert hook_count(twin) == 0
-    with torch.no_grad():
-        twin(x)
-    return store
 
 
 @pytest.mark.slow

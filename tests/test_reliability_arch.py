@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.helpers import assert_same_state, hook_count, state_snapshot
+from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot
 from tests.reliability_models import (
     arch_specs,
     build_model,
@@ -28,7 +28,6 @@ from tests.reliability_models import (
     reproducible,
     spec_features,
 )
-from tests.test_capture import reference_maps
 from torch_featureviz import (
     FeatureCapture,
     FeatureMonitor,

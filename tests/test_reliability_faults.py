@@ -28,7 +28,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import assert_same_state, hook_count, state_snapshot
+from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot
 from tests.reliability_models import (
     SHARED_POOL_MAX,
     one_thread,
@@ -36,7 +36,6 @@ from tests.reliability_models import (
     record_figures,
     shared_pool_threads,
 )
-from tests.test_capture import reference_maps
 from torch_featureviz import FeatureCapture, FeatureMonitor, capture_feature_maps
 
 LAYERS = ("0", "2")
