@@ -100,3 +100,39 @@ def reference_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
     with torch.no_grad():
         twin(x)
     return store
+
+
+class GatedSink:
+    """Wraps a monitor's sink (the ``sink_wrapper`` seam) and holds every write until opened."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        import threading
+
+        self.inner = inner
+        self.event = threading.Event()
+        self.closed = False
+
+    def write(self, item) -> None:  # type: ignore[no-untyped-def]
+        self.event.wait()
+        self.inner.write(item)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+        self.closed = True
+
+
+class FailingSink(GatedSink):
+    """A sink whose writes fail like a full disk."""
+
+    def __init__(self, inner, error: BaseException | None = None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(inner)
+        import errno
+
+        self.error = error or OSError(errno.ENOSPC, "No space left on device")
+        self.event.set()
+
+    def write(self, item) -> None:  # type: ignore[no-untyped-def]
+        raise self.error

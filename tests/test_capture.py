@@ -269,17 +269,14 @@ def test_bad_model():
     "image, kwargs, exc, match",
     [
         ([[1.0]], {}, TypeError, "input must be a torch.Tensor"),
-        (torch.randn(8, 8), {}, ValueError, r"got a 2-D tensor of shape \(8, 8\)"),
-        (torch.randn(1, 1, 3, 8, 8), {}, ValueError, "got a 5-D tensor"),
-        (
-            torch.randn(1, 4, 8, 8),
-            {},
-            ValueError,
-            "has 4 channels but the model's first conv expects 3",
-        ),
-        (torch.randn(1, 1, 8, 8), {}, ValueError, r"x.expand\(-1, 3, -1, -1\)"),
+        ("x.png", {}, TypeError, "input must be a torch.Tensor"),
         (torch.randn(2, 3, 8, 8), {"sample": 2}, ValueError, "sample=2 is outside the batch of 2"),
         (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), {}, TypeError, "floating-point"),
+        # Only the model's forward decides whether an input fits (no first-conv assumption):
+        (torch.randn(8, 8), {}, RuntimeError, r"failed on an input of shape \(8, 8\)"),
+        (torch.randn(1, 1, 3, 8, 8), {}, RuntimeError, "failed on an input of shape"),
+        (torch.randn(1, 4, 8, 8), {}, RuntimeError, "to have 3 channels, but got 4"),
+        (torch.randn(1, 1, 8, 8), {}, RuntimeError, r"x.expand\(-1, 3, -1, -1\)"),
     ],
 )
 def test_capture_feature_maps_bad_input(image, kwargs, exc, match):
@@ -291,11 +288,21 @@ def test_capture_feature_maps_bad_input(image, kwargs, exc, match):
     assert_same_state(before, state_snapshot(model))
 
 
-def test_sample_outside_batch_during_users_forward():
+def test_sample_outside_batch_during_users_forward_skips_and_says_why():
     model = tiny_net()
-    with pytest.raises(ValueError, match="sample=3\\) is outside the batch of 2"):
-        with FeatureCapture(model, sample=3):
-            model(torch.randn(2, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    with FeatureCapture(model, sample=3) as cap:
+        with pytest.warns(RuntimeWarning, match="the batch of 2 has no sample 3"):
+            out = model(x)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        assert cap.maps == {}
+        assert set(cap.skipped) == set(find_conv_layers(model)) | {"shared#1"}
+        assert cap.skipped["stem.0"] == "the batch of 2 has no sample 3"
+        model(torch.randn(4, 3, 8, 8))  # a full batch again: captured, nothing skipped
+        assert cap.skipped == {} and cap.maps["stem.0"].shape == (8, 8, 8)
+        model(torch.randn(0, 3, 8, 8))  # an empty batch never fails the forward either
+        assert cap.maps == {}
     assert hook_count(model) == 0
 
 
@@ -351,16 +358,16 @@ def test_hooks_work_where_fx_tracing_breaks():
     assert set(cap.maps) == {"a", taken}
 
 
-def test_buffers_are_reused_only_when_nobody_holds_them():
+def test_maps_of_earlier_passes_are_never_overwritten():
+    """Each pass copies into fresh tensors (no buffer reuse): whatever the user kept of an
+    earlier pass (the dict, a tensor, a view, a numpy array) stays as it was."""
     model = tiny_net().eval()
     xs = [torch.randn(1, 3, 8, 8) for _ in range(6)]
     refs = [reference_maps(model, x) for x in xs]  # before any hook exists
     with FeatureCapture(model) as cap, torch.no_grad():
         model(xs[0])
-        first = {k: weakref.ref(v) for k, v in cap.maps.items()}  # weak: no reference kept
         model(xs[1])
-        model(xs[2])  # pass 1's maps are held by nobody: their tensors are reused
-        assert all(cap.maps[k] is first[k]() for k in first)
+        model(xs[2])
         assert all(torch.equal(cap.maps[k], refs[2][k][0]) for k in cap.maps)
 
         held_tensor = cap.maps["stem.0"]

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,14 @@ from PIL import Image
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.helpers import assert_same_state, hook_count, state_snapshot, tiny_net
+from tests.helpers import (
+    FailingSink,
+    GatedSink,
+    assert_same_state,
+    hook_count,
+    state_snapshot,
+    tiny_net,
+)
 from torch_featureviz import FeatureMonitor, make_feature_grid, make_filter_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,13 +90,13 @@ def test_every_of_wrong_type(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"every_seconds": 0}, ValueError, "every_seconds must be > 0"),
+        ({"every_seconds": 0}, ValueError, "every_seconds must be a finite number > 0"),
         ({"every_seconds": "1"}, TypeError, "every_seconds must be a number"),
         ({"queue_size": 0}, ValueError, "queue_size must be >= 1"),
         ({"dead_window": 0}, ValueError, "dead_window must be >= 1"),
         ({"near_zero": -1.0}, ValueError, "near_zero must be a finite number >= 0"),
         ({"close_timeout": float("nan")}, ValueError, "close_timeout must be a finite"),
-        ({"start_step": -1}, ValueError, "start_step must be an int >= 0"),
+        ({"start_step": -1}, ValueError, "start_step must be >= 0"),
         ({"histograms": 1}, TypeError, "histograms must be True or False"),
         ({"max_channels": 0}, ValueError, "max_channels must be >= 1"),
         ({"layers": "nope*"}, ValueError, "matches no conv layer"),
@@ -113,7 +121,7 @@ def test_not_a_model(tmp_path: Path) -> None:
 
 def test_probe_with_wrong_channels(tmp_path: Path) -> None:
     model = tiny_net()
-    with pytest.raises(ValueError, match="probe has 1 channels but the model's first conv"):
+    with pytest.raises(ValueError, match=r"probe of shape \(1, 1, 16, 16\) does not fit TinyNet: .*to have 3 channels.*x.expand"):
         FeatureMonitor(model, tmp_path, probe=torch.randn(1, 1, 16, 16))
     assert hook_count(model) == 0
 
@@ -222,7 +230,6 @@ def test_unsampled_steps_do_no_tensor_work(tmp_path: Path) -> None:
                 model(x).sum().backward()
                 assert monitor.step() is False
             assert counted.ops == bare_step_ops
-        assert monitor._capture is not None and not monitor._capture.enabled
 
 
 def test_outputs_are_unchanged_by_a_capture(tmp_path: Path) -> None:
@@ -397,24 +404,21 @@ def test_existing_summary_writer_is_not_closed(tmp_path: Path) -> None:
 
 
 # -- background writing: queue, errors, shutdown -----------------------------------------------
-class Gate:
-    """Blocks the background writer until opened."""
+def gated(tmp_path: Path, model: nn.Module, **kwargs: Any) -> tuple[FeatureMonitor, GatedSink]:
+    """A monitor whose background writer waits until the returned sink's event is set."""
+    sinks: list[GatedSink] = []
 
-    def __init__(self, monitor: FeatureMonitor) -> None:
-        self.event = threading.Event()
-        original = monitor._write
+    def wrap(inner: Any) -> GatedSink:
+        sinks.append(GatedSink(inner))
+        return sinks[0]
 
-        def slow_write(item) -> None:  # type: ignore[no-untyped-def]
-            self.event.wait()
-            original(item)
-
-        monitor._write = slow_write  # type: ignore[method-assign]
+    monitor = FeatureMonitor(model, tmp_path, sink_wrapper=wrap, **kwargs)
+    return monitor, sinks[0]
 
 
 def test_full_queue_drops_counts_and_warns(tmp_path: Path) -> None:
     model = tiny_net()
-    monitor = FeatureMonitor(model, tmp_path, every=1, queue_size=2)
-    gate = Gate(monitor)
+    monitor, gate = gated(tmp_path, model, every=1, queue_size=2)
     with pytest.warns(RuntimeWarning, match=r"dropped the capture of step \d+: the background"):
         train(model, monitor, 8)
     assert monitor.dropped > 0
@@ -428,8 +432,7 @@ def test_full_queue_drops_counts_and_warns(tmp_path: Path) -> None:
 
 def test_close_never_hangs(tmp_path: Path) -> None:
     model = tiny_net()
-    monitor = FeatureMonitor(model, tmp_path, every=1, close_timeout=0.3)
-    gate = Gate(monitor)
+    monitor, gate = gated(tmp_path, model, every=1, close_timeout=0.3)
     train(model, monitor, 2)
     start = time.monotonic()
     with pytest.warns(RuntimeWarning, match="close.. gave up after 0 s with .* captures unwritten"):
@@ -437,25 +440,21 @@ def test_close_never_hangs(tmp_path: Path) -> None:
     assert time.monotonic() - start < 3.0
     assert hook_count(model) == 0
     gate.event.set()  # the disk recovers: the writer finishes alone and closes the log
-    assert monitor._thread is not None
-    monitor._thread.join(30)
-    assert not monitor._thread.is_alive()
-    assert monitor._writer is not None and monitor._writer.closed
+    assert monitor.writer_thread is not None
+    monitor.writer_thread.join(30)
+    assert not monitor.writer_thread.is_alive()
+    assert gate.closed
     assert len(read_events(tmp_path).Images("filters/stem.0")) == 2
 
 
-def _fail_writes(monitor: FeatureMonitor) -> None:
-    def no_space(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    assert monitor._writer is not None
-    monitor._writer._add_values = no_space  # type: ignore[method-assign]
+def failing(tmp_path: Path, model: nn.Module, **kwargs: Any) -> FeatureMonitor:
+    """A monitor whose sink fails every write with ENOSPC (the ``sink_wrapper`` seam)."""
+    return FeatureMonitor(model, tmp_path, sink_wrapper=FailingSink, **kwargs)
 
 
 def test_background_error_reaches_the_next_step(tmp_path: Path) -> None:
     model = tiny_net()
-    monitor = FeatureMonitor(model, tmp_path, every=1)
-    _fail_writes(monitor)
+    monitor = failing(tmp_path, model, every=1)
     train(model, None, 1)
     monitor.step()
     _wait_for_error(monitor)
@@ -470,8 +469,7 @@ def test_background_error_reaches_the_next_step(tmp_path: Path) -> None:
 
 def test_background_error_reaches_close(tmp_path: Path) -> None:
     model = tiny_net()
-    monitor = FeatureMonitor(model, tmp_path, every=1)
-    _fail_writes(monitor)
+    monitor = failing(tmp_path, model, every=1)
     train(model, monitor, 1)
     with pytest.raises(RuntimeError, match="background writer failed"):
         monitor.close()
@@ -482,8 +480,7 @@ def test_background_error_reaches_close(tmp_path: Path) -> None:
 def test_context_manager_keeps_the_training_error(tmp_path: Path) -> None:
     model = tiny_net()
     with pytest.raises(KeyError, match="boom"):
-        with FeatureMonitor(model, tmp_path, every=1) as monitor:
-            _fail_writes(monitor)
+        with failing(tmp_path, model, every=1) as monitor:
             train(model, monitor, 1)
             raise KeyError("boom")
     assert hook_count(model) == 0
@@ -657,13 +654,14 @@ def test_one_by_one_kernels_get_a_shared_scale_filter_grid(tmp_path: Path) -> No
 def test_writer_thread_runs_at_lower_priority_on_linux(tmp_path: Path) -> None:
     monitor = FeatureMonitor(tiny_net(), tmp_path, every=1)
     try:
-        assert monitor._thread is not None
+        thread = monitor.writer_thread
+        assert thread is not None
         deadline = time.monotonic() + 10
-        while monitor._thread.native_id is None and time.monotonic() < deadline:
+        while thread.native_id is None and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.1)  # the thread lowers its own priority first thing
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        writer = os.getpriority(os.PRIO_PROCESS, monitor._thread.native_id)
+        writer = os.getpriority(os.PRIO_PROCESS, thread.native_id)
         if sys.platform.startswith("linux"):
             assert writer == min(19, mine + 10)
         else:  # elsewhere the priority is left alone

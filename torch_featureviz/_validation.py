@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import os
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 from torch import nn
 
 __all__: list[str] = []
+
+T = TypeVar("T")
+
+#: What a model is called with: one tensor, a tuple of positional inputs, or keyword inputs.
+ModelInput = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -31,6 +38,10 @@ def check_module(model: Any, *, what: str = "model") -> nn.Module:
     return model
 
 
+@overload
+def check_positive_int(value: Any, name: str, *, allow_none: Literal[False] = ...) -> int: ...
+@overload
+def check_positive_int(value: Any, name: str, *, allow_none: bool) -> int | None: ...
 def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
     """Check ``value`` is an ``int`` > 0 (or ``None`` when allowed)."""
     if value is None and allow_none:
@@ -39,7 +50,7 @@ def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> in
         hint = " or None" if allow_none else ""
         raise TypeError(f"{name} must be a positive int{hint}, got {type(value).__name__}.")
     if value <= 0:
-        hint = " (use None to keep every channel)" if allow_none else ""
+        hint = " (or None for no limit)" if allow_none else ""
         raise ValueError(f"{name} must be >= 1, got {value}{hint}.")
     return value
 
@@ -51,6 +62,203 @@ def check_non_negative_int(value: Any, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}.")
     return value
+
+
+@overload
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = ...,
+    exclusive: bool = ...,
+    maximum: float | None = ...,
+    allow_none: Literal[False] = ...,
+) -> float: ...
+@overload
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = ...,
+    exclusive: bool = ...,
+    maximum: float | None = ...,
+    allow_none: bool,
+) -> float | None: ...
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    exclusive: bool = False,
+    maximum: float | None = None,
+    allow_none: bool = False,
+) -> float | None:
+    """Check ``value`` is a finite real number within bounds (``> minimum`` if ``exclusive``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " or None" if allow_none else ""
+        raise TypeError(f"{name} must be a number{hint}, got {type(value).__name__}.")
+    number = float(value)
+    low_ok = minimum is None or (number > minimum if exclusive else number >= minimum)
+    if not math.isfinite(number) or not low_ok or (maximum is not None and number > maximum):
+        bounds = []
+        if minimum is not None:
+            bounds.append(f"{'>' if exclusive else '>='} {minimum:g}")
+        if maximum is not None:
+            bounds.append(f"<= {maximum:g}")
+        text = " and ".join(bounds)
+        raise ValueError(
+            f"{name} must be a finite number{' ' + text if text else ''}, got {value!r}."
+        )
+    return number
+
+
+def check_timeout(value: Any, name: str) -> float:
+    """Seconds to wait: finite, >= 0, and no longer than the platform's wait can express."""
+    return check_float(value, name, minimum=0.0, maximum=float(threading.TIMEOUT_MAX))
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Check ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}.")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[T]) -> T:
+    """Check ``value`` is one of ``choices`` (strings compared exactly)."""
+    if isinstance(value, str) and value in choices:
+        return value  # type: ignore[return-value]
+    expected = ", ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {expected}, got {type(value).__name__}.")
+    raise ValueError(f"{name} must be one of {expected}, got {value!r}.")
+
+
+def check_prefix(prefix: Any, name: str = "name") -> str | None:
+    """A tag prefix (a monitor's ``name``): one word of ``[A-Za-z0-9_.-]``, or ``None``."""
+    from torch_featureviz.naming import KINDS
+
+    if prefix is None:
+        return None
+    if not isinstance(prefix, str):
+        raise TypeError(f"{name} must be a str or None, got {type(prefix).__name__}.")
+    if not prefix or any(not (c.isascii() and (c.isalnum() or c in "_.-")) for c in prefix):
+        raise ValueError(
+            f"{name} must be one word of letters, digits, '_', '.' or '-', got {prefix!r} "
+            "(it prefixes every TensorBoard tag, like 'G' or 'discriminator')."
+        )
+    if prefix in KINDS:
+        raise ValueError(
+            f"{name} {prefix!r} is reserved for the package's own tags; choose another."
+        )
+    return prefix
+
+
+def check_cmap(cmap: Any) -> str | None:
+    """A matplotlib colormap name, or ``None`` (grayscale)."""
+    if cmap is None:
+        return None
+    if not isinstance(cmap, str):
+        raise TypeError(
+            f"cmap must be a matplotlib colormap name or None, got {type(cmap).__name__}."
+        )
+    import matplotlib
+
+    if cmap not in matplotlib.colormaps:
+        close = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"cmap {cmap!r} is not a matplotlib colormap.{hint}")
+    return cmap
+
+
+def forward_args(inputs: ModelInput) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The positional and keyword arguments of a model call on ``inputs``."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def _first_tensor(inputs: Any) -> torch.Tensor | None:
+    args, kwargs = forward_args(inputs)
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor):
+            return v
+    return None
+
+
+def check_model_input(
+    inputs: Any,
+    *,
+    sample: int = 0,
+    unbatched_dims: int | None = None,
+    name: str = "input",
+) -> ModelInput:
+    """Validate a model input: a float tensor, or a tuple/list/dict holding at least one tensor.
+
+    Only the input's own shape is checked; whether it fits is the model's forward's business. A
+    single tensor with ``unbatched_dims`` dims (``(C, H, W)`` for a 2-D CNN) gets a batch
+    dimension (a view). The first tensor's batch must hold sample ``sample``.
+    """
+    if isinstance(inputs, torch.Tensor):
+        if not (inputs.is_floating_point() or inputs.is_complex()):
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got dtype {inputs.dtype}. "
+                "Scale uint8 images with x.float() / 255."
+            )
+        if inputs.dim() == 0:
+            raise ValueError(f"{name} must have a batch dimension, got a 0-D tensor.")
+        if unbatched_dims is not None and inputs.dim() == unbatched_dims:
+            inputs = inputs.unsqueeze(0)
+        first: torch.Tensor | None = inputs
+    elif isinstance(inputs, (tuple, list, Mapping)):
+        if isinstance(inputs, Mapping) and not all(isinstance(k, str) for k in inputs):
+            raise TypeError(f"{name} as a dict must have str keys (the forward's argument names).")
+        first = _first_tensor(inputs)
+        if first is None:
+            raise TypeError(
+                f"{name} must be a torch.Tensor, or a tuple or dict holding the model's input "
+                f"tensors, got a {type(inputs).__name__} with no tensor in it."
+            )
+    else:
+        raise TypeError(
+            f"{name} must be a torch.Tensor, a tuple of inputs or a dict of keyword inputs, got "
+            f"{type(inputs).__name__}. Convert images with torch_featureviz.load_image."
+        )
+    if first.dim() and sample >= first.shape[0]:
+        raise ValueError(
+            f"sample={sample} is outside the batch of {first.shape[0]} ({name}); "
+            f"choose 0 <= sample < {first.shape[0]}."
+        )
+    return inputs
+
+
+def match_model(inputs: ModelInput, model: nn.Module) -> ModelInput:
+    """``inputs`` on the model's current device, floating tensors in its floating dtype.
+
+    Follows the model after ``model.half()``, ``.to(torch.bfloat16)`` or ``.to(device)``.
+    """
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if ref is None:
+        ref = next((b for b in model.buffers() if b.is_floating_point()), None)
+    if ref is None:
+        return inputs
+
+    def move(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        if v.is_floating_point():
+            return v.to(device=ref.device, dtype=ref.dtype)
+        return v.to(device=ref.device)
+
+    if isinstance(inputs, Mapping):
+        return {k: move(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(move(v) for v in inputs)
+    return move(inputs)
 
 
 def check_image_batch(
@@ -180,3 +388,10 @@ def check_writable_dir(path: Path) -> None:
         raise OSError(
             f"cannot write to {str(path)!r}: {e.strerror or e}. Choose a writable directory."
         ) from e
+
+
+def unknown_option_message(what: str, key: str, known: Sequence[str]) -> str:
+    """``what`` got an option it does not have: name it, and the closest known ones."""
+    close = difflib.get_close_matches(key, list(known), n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"{what} got an unknown option {key!r}.{hint} Known options: {', '.join(known)}."

@@ -1,57 +1,64 @@
-"""Hook mode: capture the true output of every selected Conv2d during a real forward pass."""
+"""Hook mode: capture the true output of every selected conv during a real forward pass.
+
+One mechanism decides what a *pass* is, for every user of hooks in this package:
+
+- A **root pass** is one call of the model's own ``forward``: a pre-hook on the root module
+  opens it and a post-hook (``always_call``) closes it. When the forward raises, the partial
+  pass is dropped and :attr:`FeatureCapture.maps` keeps the last complete one.
+- An **implicit pass** covers convs that run outside any root call, e.g. timm's
+  ``model.forward_head(model.forward_features(x))`` or a backbone called on its own. It opens at
+  the first such conv and is published when the conv that opened it runs again, when a root pass
+  starts, when :meth:`FeatureCapture.end_pass` is called or when :attr:`FeatureCapture.maps` is
+  read.
+- A **probe pass** (:meth:`FeatureCapture.probe`) is a root pass run by the package itself, under
+  ``no_grad`` in eval mode, leaving the model exactly as it was.
+
+Work per conv output and per finished pass is added through :class:`PassObserver`; the monitor's
+statistics are one. Nothing here ever raises inside the user's forward or backward: what cannot
+be captured is skipped, counted in :attr:`PassRecord.skipped`, and warned about once.
+"""
 
 from __future__ import annotations
 
-import functools
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from torch_featureviz._validation import (
-    check_image_batch,
+    ModelInput,
+    check_choice,
     check_module,
     check_non_negative_int,
     check_positive_int,
+    forward_args,
+    match_model,
 )
 from torch_featureviz.discovery import find_conv_layers, unwrap_model
+from torch_featureviz.naming import CallCounter
 
-__all__ = ["FeatureCapture", "capture_feature_maps", "preserved_state"]
+__all__ = [
+    "FeatureCapture",
+    "PassObserver",
+    "PassRecord",
+    "capture_feature_maps",
+    "preserved_state",
+]
 
+Record = Literal["all", "grad"]
+_RECORD = ("all", "grad")
 
-# Private but long-standing; without it buffers are simply never reused.
-_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
-def _refcounts(maps: dict[str, torch.Tensor]) -> tuple[int, dict[str, tuple[int, int]]]:
-    """Python references to ``maps`` and, per tensor, (Python references, storage users).
-
-    The storage count sees what the Python count cannot: views and ``.numpy()`` arrays that
-    share the tensor's memory.
-    """
-    assert _storage_use_count is not None
-    return sys.getrefcount(maps), {
-        k: (sys.getrefcount(t), _storage_use_count(t.untyped_storage()._cdata))
-        for k, t in maps.items()
-    }
-
-
-def _calibrate() -> tuple[int, tuple[int, int]]:
-    """The counts of a dict and a tensor held by nobody but a local, measured through the same
-    code path as in ``FeatureCapture._end_pass``, so the baseline is right on any CPython."""
-    gil = getattr(sys, "_is_gil_enabled", None)
-    if _storage_use_count is None or (gil is not None and not gil()):
-        return -1, (-1, -1)  # free-threaded CPython: reference counts are not exact there
-    retired = {"probe": torch.empty(1)}
-    dict_count, counts = _refcounts(retired)
-    return dict_count, counts["probe"]
-
-
-_DICT_BASE, _TENSOR_BASE = _calibrate()
+#: A builtin that takes any arguments and returns None. A copied or pickled model gets this in
+#: place of the package's hooks, so ``copy.deepcopy`` (EMA and SWA models) yields inert hooks and
+#: ``torch.save(model)`` writes a file that loads without torch_featureviz installed (it pickles
+#: as ``getattr(None, "__init__")``).
+_INERT = None.__init__
 
 
 def _compiling() -> bool:
@@ -61,45 +68,130 @@ def _compiling() -> bool:
     return bool(torch._dynamo.is_compiling())  # torch 2.2
 
 
-def _unreferenced(
-    retired: dict[str, torch.Tensor], dict_count: int, counts: dict[str, tuple[int, int]]
-) -> dict[str, torch.Tensor]:
-    """The tensors of a replaced ``maps`` dict that nobody outside this capture references.
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
 
-    ``dict_count, counts`` come from ``_refcounts(retired)`` called on a local, as in
-    :func:`_calibrate`. Their memory can hold the next pass's copies: allocating ~14 MB of
-    fresh buffers every pass (resnet50) costs page faults that show in the forward time. A dict
-    or tensor that the user (or a monitor's queue) still holds has a higher reference count and
-    is never reused.
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass on this thread: activation checkpointing
+    (``torch.utils.checkpoint``, reentrant or not) re-runs forward there."""
+    return _graph_task_id is not None and _graph_task_id() != -1
+
+
+class _Hook:
+    """A hook of a capture. Copies and pickles as :data:`_INERT`, so a copied model does no
+    capture work and a saved one does not need this package."""
+
+    __slots__ = ("capture", "name")
+
+    def __init__(self, capture: FeatureCapture, name: str) -> None:
+        self.capture = capture
+        self.name = name
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return _INERT
+
+    def __copy__(self) -> Any:
+        return _INERT
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, str]]:
+        return getattr, (None, "__init__")
+
+
+class _ConvHook(_Hook):
+    __slots__ = ()
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        cap = self.capture
+        if cap.enabled:
+            cap._on_output(self.name, module, output)
+
+
+class _RootPreHook(_Hook):
+    __slots__ = ()
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        cap = self.capture
+        if cap.enabled:
+            cap._start_root_pass()
+
+
+class _RootPostHook(_Hook):
+    __slots__ = ()
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        # Registered with always_call=True: it also runs when the forward raised an Exception
+        # (then ``output`` is None). A KeyboardInterrupt skips it; the next pass start or
+        # ``end_pass()`` clears what it left.
+        cap = self.capture
+        if cap._pending is not None or cap._in_root:
+            cap._end_root_pass(failed=output is None and sys.exc_info()[0] is not None)
+
+
+@dataclass
+class PassRecord:
+    """One pass of a :class:`FeatureCapture`, as observers see it and as it is published."""
+
+    #: ``"root"``, ``"implicit"`` or ``"probe"`` (see the module docstring).
+    kind: str
+    #: The number of this pass among the capture's passes (0-based).
+    index: int
+    #: ``{key: map}``: ``(C, *spatial)`` float32 copies of the kept sample, in call order.
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: ``{key: reason}`` for conv calls that could not be captured in this pass.
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: For an implicit pass, the layer whose call opened it.
+    opener: str | None = None
+    calls: CallCounter = field(default_factory=CallCounter, repr=False)
+
+
+class PassObserver:
+    """Work added to every captured pass: subclass and pass it to :class:`FeatureCapture`.
+
+    The methods run inside the model's forward, on the conv output's device: keep them to a few
+    tensor ops, with no host sync. An exception they raise is caught, the call is recorded in
+    :attr:`PassRecord.skipped` and a warning is issued once; it never reaches the user's code.
     """
-    if dict_count > _DICT_BASE:
-        return {}
-    refs, users = _TENSOR_BASE
-    return {k: retired[k] for k, (r, u) in counts.items() if r <= refs and u <= users}
 
+    def start(self, record: PassRecord) -> None:
+        """A pass opened."""
+
+    def output(self, record: PassRecord, key: str, module: nn.Module, output: torch.Tensor) -> None:
+        """Conv call ``key`` of the pass produced ``output`` (the full batch, not detached)."""
+
+    def end(self, record: PassRecord, complete: bool) -> None:
+        """The pass closed; ``complete`` is False when the forward raised (it is dropped)."""
 
 
 class FeatureCapture:
-    """Forward hooks on a model's Conv2d layers that keep one sample's activations.
+    """Forward hooks on a model's conv layers that keep one sample's activations.
 
     Inside the ``with`` block, every forward pass of ``model`` (yours, in training or inference,
     at any batch size) fills :attr:`maps` with the output of each selected conv for sample
-    ``sample``: a detached ``float32`` tensor of shape ``(C, H, W)`` with
-    ``C <= max_channels``. Each complete pass replaces the previous one, so ``maps`` always holds
-    the latest pass; a module called twice in one pass is kept twice, as ``name`` and ``name#1``.
-    If a forward raises, ``maps`` keeps the last *complete* pass and the partial one is dropped.
+    ``sample``: a detached ``float32`` tensor of shape ``(C, *spatial)`` (``(C, H, W)`` for a
+    Conv2d) with ``C <= max_channels``. Each complete pass replaces the previous one, so ``maps``
+    always holds the latest pass; a module called twice in one pass is kept twice, as ``name``
+    and ``name#1`` (see :mod:`torch_featureviz.naming`).
 
     The hooks only select and copy (on the tensor's own device, no host sync), so the copy is
     taken before any in-place op downstream (``ReLU(inplace=True)``) can overwrite it, and the
-    model's outputs are bit-identical with and without a capture.
+    model's outputs are bit-identical with and without a capture. Recomputation by activation
+    checkpointing during backward is ignored. A batch too short for ``sample`` (or empty) skips
+    the layer for that pass, with the reason in :attr:`skipped`; the forward never fails because
+    of the capture.
 
     Args:
-        model: any ``nn.Module`` with at least one Conv2d; DataParallel, DDP and
+        model: any ``nn.Module`` with at least one conv; DataParallel, DDP and
             ``torch.compile`` wrappers are looked through. Register before ``torch.compile`` and
             gate with :attr:`enabled` rather than re-entering every step.
-        layers: qualified conv names or ``fnmatch`` globs; ``None`` selects every Conv2d.
+        layers: qualified conv names or ``fnmatch`` globs; ``None`` selects every conv.
         max_channels: keep the first ``max_channels`` channels; ``None`` keeps all.
         sample: index in the batch of the sample to keep.
+        record: ``"all"`` captures every forward; ``"grad"`` only forwards run with gradients
+            enabled (training), not those under ``torch.no_grad()`` or
+            ``torch.inference_mode()`` (validation, EMA evaluation).
+        max_calls: keep only the first ``max_calls`` calls of each module per pass (a detection
+            head run once per FPN level); ``None`` keeps every call.
+        observers: :class:`PassObserver` instances that add work per conv output and per pass.
 
     Raises:
         TypeError, ValueError: bad arguments, before any hook is registered.
@@ -121,29 +213,59 @@ class FeatureCapture:
         *,
         max_channels: int | None = 64,
         sample: int = 0,
+        record: Record = "all",
+        max_calls: int | None = None,
+        observers: Iterable[PassObserver] = (),
     ) -> None:
         check_module(model)
         self.max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
         self.sample = check_non_negative_int(sample, "sample")
+        self.record: Record = check_choice(record, "record", _RECORD)  # type: ignore[assignment]
+        self.max_calls = check_positive_int(max_calls, "max_calls", allow_none=True)
+        self.observers: list[PassObserver] = list(observers)
+        for obs in self.observers:
+            if not isinstance(obs, PassObserver):
+                raise TypeError(
+                    f"observers must be PassObserver instances, got {type(obs).__name__}."
+                )
         self.model = model
         self.root = unwrap_model(model)
-        self.layers: dict[str, nn.Conv2d] = find_conv_layers(self.root, include=layers)
-        self.maps: dict[str, torch.Tensor] = {}
+        self.layers: dict[str, nn.Module] = find_conv_layers(self.root, include=layers)
         #: When False the hooks return at once; toggle it instead of removing hooks (keeps
         #: compiled graphs valid and makes unsampled steps free).
         self.enabled = True
-        #: Number of complete forward passes captured since the capture was attached.
+        #: Number of complete passes published since the capture was made.
         self.passes = 0
+        #: The last published pass (``None`` before the first one).
+        self.last: PassRecord | None = None
+        #: How many conv calls were skipped or failed, over the capture's life.
+        self.skipped_calls = 0
         self._handles: dict[str, RemovableHandle] = {}
-        self._pending: dict[str, torch.Tensor] | None = None
-        #: Buffers of the pass before the published one that nobody else holds (see
-        #: _unreferenced); the next pass copies into them instead of allocating.
-        self._spares: dict[str, torch.Tensor] = {}
+        self._pending: PassRecord | None = None
+        self._in_root = False  # a root forward is running (recorded or not)
+        self._probing = False  # inside probe(): record the root pass whatever `record` says
+        self._next_index = 0
+        self._warned: set[str] = set()
         self._device: torch.device | None = None
         if isinstance(model, nn.DataParallel) and model.device_ids:
             # Replicas share hook dicts and run in threads; keep only the first replica's chunk
             # so they cannot overwrite each other (sample indexes that chunk).
             self._device = torch.device("cuda", model.device_ids[0])
+
+    # -- what users read -----------------------------------------------------------------------
+    @property
+    def maps(self) -> dict[str, torch.Tensor]:
+        """``{key: map}`` of the last complete pass (an implicit pass in flight is published
+        first)."""
+        if self._pending is not None and self._pending.kind == "implicit":
+            self._publish()
+        return {} if self.last is None else self.last.maps
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``{key: reason}`` for the conv calls the last pass could not capture."""
+        self.maps  # noqa: B018 - publishes an implicit pass in flight
+        return {} if self.last is None else self.last.skipped
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -156,13 +278,13 @@ class FeatureCapture:
         if self._handles:
             raise RuntimeError("This FeatureCapture is already attached; use it once at a time.")
         try:
-            self._handles["<root-pre>"] = self.root.register_forward_pre_hook(self._start_pass)
+            self._handles["<root-pre>"] = self.root.register_forward_pre_hook(
+                _RootPreHook(self, "")
+            )
             for name, module in self.layers.items():
-                self._handles[name] = module.register_forward_hook(
-                    functools.partial(self._hook, name)
-                )
+                self._handles[name] = module.register_forward_hook(_ConvHook(self, name))
             self._handles["<root-post>"] = self.root.register_forward_hook(
-                self._end_pass, always_call=True
+                _RootPostHook(self, ""), always_call=True
             )
         except BaseException:
             self.remove()
@@ -170,11 +292,11 @@ class FeatureCapture:
         return self
 
     def remove(self) -> None:
-        """Remove every hook. Idempotent; ``maps`` is kept."""
+        """Remove every hook. Idempotent; ``maps`` is kept (an implicit pass is published)."""
         handles, self._handles = self._handles, {}
         for handle in handles.values():
             handle.remove()
-        self._pending = None
+        self.end_pass()
 
     def __enter__(self) -> FeatureCapture:
         return self.attach()
@@ -191,65 +313,207 @@ class FeatureCapture:
     def __repr__(self) -> str:
         return (
             f"FeatureCapture({type(self.root).__name__}, {len(self.layers)} layers, "
-            f"max_channels={self.max_channels}, sample={self.sample}, "
+            f"max_channels={self.max_channels}, sample={self.sample}, record={self.record!r}, "
             f"attached={self.attached}, enabled={self.enabled})"
         )
 
-    # -- hooks -------------------------------------------------------------------------------
-    def _start_pass(self, module: nn.Module, args: Any) -> None:
-        if self.enabled:
-            self._pending = {}
+    # -- passes ----------------------------------------------------------------------------------
+    def end_pass(self) -> bool:
+        """Close whatever pass is open: publish an implicit pass, drop a root pass that an
+        interrupt (Ctrl-C) left open. Returns whether a pass was published.
 
-    def _end_pass(self, module: nn.Module, args: Any, output: Any) -> None:
-        # Registered with always_call=True, so it also runs when the forward raised; then
-        # output is None and the partial pass is dropped (maps keeps the last complete one).
-        pending, self._pending = self._pending, None
-        if output is None and sys.exc_info()[0] is not None:
-            return
-        if self.enabled and pending is not None:
-            retired, self.maps = self.maps, pending
-            self.passes += 1
-            if _DICT_BASE < 0 or _compiling():
-                self._spares = {}
-            else:
-                dict_count, counts = _refcounts(retired)  # same call depth as _calibrate()
-                self._spares = _unreferenced(retired, dict_count, counts)
+        The monitor calls this at every ``step()``, so a pass never spans two steps.
+        """
+        pending = self._pending
+        self._in_root = False
+        if pending is None:
+            return False
+        if pending.kind == "implicit":
+            self._publish()
+            return True
+        self._drop()
+        return False
 
-    def _hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
-        if not self.enabled or not isinstance(output, torch.Tensor):
-            return
-        if self._device is not None and output.device != self._device:
-            return
-        target = self._pending
-        if target is None:
-            # A submodule was called on its own (no root pass in flight): publish directly.
-            self.maps[name] = self._select(output)
-            return
-        key = name
-        if key in target:
-            calls = 1
-            while f"{name}#{calls}" in target:
-                calls += 1
-            key = f"{name}#{calls}"
-        target[key] = self._select(output, self._spares.pop(key, None))
+    def _records(self) -> bool:
+        """Whether a forward starting now is captured (the ``passes`` rule, and never the
+        recomputation of checkpointed activations during backward)."""
+        if self._probing:
+            return True
+        if self.record == "grad" and not torch.is_grad_enabled():
+            return False
+        return _compiling() or not _in_backward()
 
-    def _select(self, output: torch.Tensor, spare: torch.Tensor | None = None) -> torch.Tensor:
+    def _open(self, kind: str, opener: str | None = None) -> PassRecord:
+        record = PassRecord(kind=kind, index=self._next_index, opener=opener)
+        self._next_index += 1
+        self._pending = record
+        for obs in self.observers:
+            try:
+                obs.start(record)
+            except Exception as e:  # noqa: BLE001 - never into the user's forward
+                self._note(record, "<start>", f"{type(e).__name__}: {e}", "observer")
+        return record
+
+    def _start_root_pass(self) -> None:
+        if self._pending is not None:
+            # An implicit pass ends where a root pass starts; a root pass still open here was
+            # left by an interrupt (Ctrl-C inside forward), and is dropped.
+            self.end_pass()
+        self._in_root = True
+        if self._records():
+            self._open("probe" if self._probing else "root")
+
+    def _end_root_pass(self, *, failed: bool) -> None:
+        self._in_root = False
+        if self._pending is None or self._pending.kind not in ("root", "probe"):
+            return
+        if failed:
+            self._drop()
+        else:
+            self._publish()
+
+    def _publish(self) -> None:
+        record, self._pending = self._pending, None
+        assert record is not None
+        self._finish(record, complete=True)
+        self.last = record
+        self.passes += 1
+
+    def _drop(self) -> None:
+        record, self._pending = self._pending, None
+        if record is not None:
+            self._finish(record, complete=False)
+
+    def _finish(self, record: PassRecord, *, complete: bool) -> None:
+        for obs in self.observers:
+            try:
+                obs.end(record, complete)
+            except Exception as e:  # noqa: BLE001
+                self._note(record, "<end>", f"{type(e).__name__}: {e}", "observer")
+
+    def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
+        if self._device is not None and getattr(output, "device", None) != self._device:
+            return
+        record = self._pending
+        if record is None:
+            if self._in_root or not self._records():
+                return  # a forward that is not captured (validation under no_grad, ...)
+            record = self._open("implicit", opener=name)
+        elif record.kind == "implicit" and name == record.opener and record.maps:
+            # The conv that opened an implicit pass runs again: a new forward_features call.
+            self._publish()
+            record = self._open("implicit", opener=name)
+        key, index = record.calls.next_key(name)
+        if self.max_calls is not None and index >= self.max_calls:
+            return
+        try:
+            kept = self._select(output, module, record, key)
+            if kept is not None:
+                record.maps[key] = kept
+            if isinstance(output, torch.Tensor):
+                for obs in self.observers:
+                    obs.output(record, key, module, output)
+        except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
+            self._note(record, key, f"{type(e).__name__}: {e}", type(e).__name__)
+
+    def _note(self, record: PassRecord, key: str, reason: str, kind: str) -> None:
+        """Record that call ``key`` was not captured, and warn once per ``kind`` of reason."""
+        record.skipped[key] = reason
+        self.skipped_calls += 1
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(
+                f"FeatureCapture skipped layer {key!r} in a pass: {reason}. Training is not "
+                "affected; this warning is shown once per kind of problem.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _select(
+        self, output: Any, module: nn.Module, record: PassRecord, key: str
+    ) -> torch.Tensor | None:
+        if not isinstance(output, torch.Tensor):
+            self._note(
+                record, key, f"its output is a {type(output).__name__}, not a tensor", "type"
+            )
+            return None
+        spatial = len(getattr(module, "kernel_size", (0, 0)))
         out = output.detach()
-        if out.dim() == 4:
+        if out.dim() == spatial + 2:  # batched (N, C, *spatial)
             if self.sample >= out.shape[0]:
-                raise ValueError(
-                    f"FeatureCapture(sample={self.sample}) is outside the batch of "
-                    f"{out.shape[0]}; choose 0 <= sample < {out.shape[0]}."
-                )
+                reason = f"the batch of {out.shape[0]} has no sample {self.sample}"
+                self._note(record, key, reason, "batch")
+                return None
             out = out[self.sample]
-        elif out.dim() != 3:  # an unbatched conv gives (C, H, W); anything else is unexpected
-            raise ValueError(f"expected a conv output of 3 or 4 dims, got {tuple(out.shape)}.")
+        elif out.dim() != spatial + 1:  # an unbatched conv call gives (C, *spatial)
+            self._note(record, key, f"unexpected output shape {tuple(out.shape)}", "shape")
+            return None
         if self.max_channels is not None:
             out = out[: self.max_channels]
         # Always a copy: the conv output may be overwritten in place after the hook returns.
-        if spare is not None and spare.shape == out.shape and spare.device == out.device:
-            return spare.copy_(out)
-        return out.to(dtype=torch.float32, memory_format=torch.contiguous_format, copy=True)
+        # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+    # -- probe passes ------------------------------------------------------------------------------
+    def probe(self, inputs: ModelInput) -> dict[str, torch.Tensor]:
+        """Run one probe pass of ``inputs`` and return its maps, leaving the model unchanged.
+
+        The pass runs under ``torch.no_grad()`` in eval mode, with this capture recording
+        whatever its ``enabled`` flag and ``passes`` rule say; train flags and RNG state are
+        restored afterwards, so BatchNorm statistics are bit-for-bit as before. ``inputs`` (a
+        tensor, a tuple of positional inputs, or a dict of keyword inputs) is moved to the
+        model's current device and floating dtype first.
+
+        Raises:
+            RuntimeError: the model's forward failed on ``inputs`` (the error is chained).
+        """
+        args, kwargs = forward_args(match_model(inputs, self.root))
+        attached = self.attached
+        if not attached:
+            self.attach()
+        enabled, self.enabled = self.enabled, False
+        try:
+            self.end_pass()
+            with preserved_state(self.root), torch.no_grad():
+                self.enabled = self._probing = True
+                try:
+                    self.root(*args, **kwargs)
+                except Exception as e:
+                    raise RuntimeError(
+                        f"the forward pass of {type(self.root).__name__} failed on an input of "
+                        f"{_describe_input(inputs)}: {e}{_input_hint(e)}"
+                    ) from e
+        finally:
+            self.enabled = self._probing = False
+            self.end_pass()  # a failed or interrupted probe leaves nothing open
+            self.enabled = enabled
+            if not attached:
+                self.remove()
+        return self.maps
+
+
+def _input_hint(error: Exception) -> str:
+    """A hint for the commonest probe mistakes, read from the forward's own error."""
+    text = str(error)
+    if "channels, but got 1 channels" in text:
+        return " (repeat a grayscale image to 3 channels with x.expand(-1, 3, -1, -1))"
+    if "channels" in text:
+        return " (check the (N, C, ...) layout and the channel count of the input)"
+    return ""
+
+
+def _describe_input(inputs: ModelInput) -> str:
+    """``"shape (1, 3, 20, 20)"``, or each input's shape for tuples and dicts."""
+    args, kwargs = forward_args(inputs)
+
+    def one(v: Any) -> str:
+        return f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts) if parts else "no input"
 
 
 @contextmanager
@@ -275,18 +539,14 @@ def preserved_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[Non
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def first_conv_in_channels(layers: Mapping[str, nn.Conv2d]) -> int:
-    """The input channels expected by the first discovered conv."""
-    return next(iter(layers.values())).in_channels
-
-
 def capture_feature_maps(
     model: nn.Module,
-    image: torch.Tensor,
+    image: ModelInput,
     layers: str | Iterable[str] | None = None,
     *,
     max_channels: int | None = 64,
     sample: int = 0,
+    max_calls: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run one probe forward pass and return hook-mode maps, leaving the model unchanged.
 
@@ -295,22 +555,29 @@ def capture_feature_maps(
 
     Args:
         model: the CNN.
-        image: ``(N, C, H, W)`` or ``(C, H, W)`` float tensor on the model's device.
-        layers, max_channels, sample: as for :class:`FeatureCapture`.
+        image: the model's input: an ``(N, C, H, W)`` tensor (or ``(C, H, W)``, given a batch
+            dimension), a tuple of positional inputs (RAFT's two images) or a dict of keyword
+            inputs (Hugging Face's ``pixel_values=``). Moved to the model's device and dtype.
+        layers, max_channels, sample, max_calls: as for :class:`FeatureCapture`.
 
     Returns:
-        ``{layer name: (C, H, W) float32 tensor}`` in call order.
+        ``{layer key: (C, *spatial) float32 tensor}`` in call order.
+
+    Raises:
+        TypeError, ValueError: bad arguments.
+        RuntimeError: the model's forward failed on the input.
     """
-    cap = FeatureCapture(model, layers, max_channels=max_channels, sample=sample)
-    x = check_image_batch(
-        image, in_channels=first_conv_in_channels(find_conv_layers(cap.root)), sample=sample
+    cap = FeatureCapture(
+        model, layers, max_channels=max_channels, sample=sample, max_calls=max_calls
     )
-    with preserved_state(cap.root), torch.no_grad(), cap:
-        try:
-            model(x)
-        except Exception as e:
-            raise RuntimeError(
-                f"the forward pass of {type(cap.root).__name__} failed on an input of shape "
-                f"{tuple(x.shape)}: {e}"
-            ) from e
-    return cap.maps
+    from torch_featureviz._validation import check_model_input
+
+    x = check_model_input(image, sample=sample, unbatched_dims=_unbatched_dims(cap.layers))
+    return cap.probe(x)
+
+
+def _unbatched_dims(layers: Mapping[str, nn.Module]) -> int | None:
+    """How many dims an unbatched input of these convs has (3 for Conv2d's ``(C, H, W)``)."""
+    first = next(iter(layers.values()), None)
+    size = getattr(first, "kernel_size", None)
+    return None if size is None else len(size) + 1

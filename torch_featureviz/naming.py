@@ -171,7 +171,9 @@ def _dedupe(items: Iterable[str]) -> list[str]:
     return out
 
 
-def unique_tags(kind: str, names: Iterable[str], *parts: str, prefix: str | None = None) -> list[str]:
+def unique_tags(
+    kind: str, names: Iterable[str], *parts: str, prefix: str | None = None
+) -> list[str]:
     """One distinct tag per layer key: ``make_tag(kind, *parts, layer_tag(name))``."""
     return _dedupe(make_tag(kind, *parts, layer_tag(n), prefix=prefix) for n in names)
 

@@ -14,10 +14,12 @@ start it with ``tensorboard --logdir DIR --samples_per_plugin images=1000``.
 
 from __future__ import annotations
 
-import functools
+import itertools
 import os
 import re
-import zlib
+import socket
+import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,8 +29,9 @@ import torch
 from torch import nn
 
 from torch_featureviz._png import encode_png, tfrecord, to_hwc_numpy
-from torch_featureviz._validation import check_positive_int, check_writable_dir
+from torch_featureviz._validation import check_positive_int, check_prefix, check_writable_dir
 from torch_featureviz.discovery import find_conv_layers
+from torch_featureviz.naming import layer_tag, make_tag, unique_tags
 from torch_featureviz.render import (
     FilterChannel,
     make_feature_grid,
@@ -37,31 +40,6 @@ from torch_featureviz.render import (
 )
 
 __all__ = ["TensorBoardWriter", "layer_tag", "tensorboard_command"]
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
-
-
-def layer_tag(name: str) -> str:
-    """Make a qualified layer name safe inside a TensorBoard tag, the same way every time.
-
-    Module names are user-controlled (``nn.ModuleDict`` keys may hold spaces, slashes or
-    unicode). Anything outside ``[A-Za-z0-9_.-]`` becomes ``_`` so a name can neither add tag
-    levels nor break TensorBoard's URLs; when that changes the name, a digest of the original is
-    appended (``"a b"`` -> ``"a_b-<crc32>"``) so two names that sanitise alike still get different
-    tags, and a layer gets the same tag for its filters and for its maps. A later call of a
-    module (``conv#1``) becomes ``conv_call1``; the empty name (the model itself) becomes
-    ``model``.
-    """
-    base, call = name, ""
-    match = re.fullmatch(r"(.*)#(\d+)", name, flags=re.S)
-    if match:
-        base, call = match.group(1), f"_call{match.group(2)}"
-    if not base:
-        return "model" + call
-    safe = _UNSAFE.sub("_", base)
-    if safe != base:
-        safe = f"{safe}-{zlib.crc32(base.encode('utf-8', 'surrogatepass')):08x}"
-    return safe + call
 
 
 def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 1000) -> str:
@@ -74,32 +52,49 @@ def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 1000) 
 
 #: Threads that encode a batch of grids (:meth:`TensorBoardWriter.log_feature_maps`).
 _ENCODE_THREADS = min(4, os.cpu_count() or 1)
+_FILE_NUMBERS = itertools.count()
 
 
-def _write_record(record_writer: Any, data: bytes) -> None:
-    record_writer._writer.write(tfrecord(data))
+class _EventFile:
+    """An event file this package owns: each ``add_summary`` is one TFRecord, appended.
 
-
-def _use_fast_records(writer: Any) -> None:
-    """Make ``writer``'s event file checksum records with the vectorised CRC-32C.
-
-    ``tensorboard``'s ``RecordWriter`` (used by ``SummaryWriter`` when TensorFlow is absent)
-    computes each record's CRC-32C in pure Python, ~8 MB/s: for a step of feature-map PNGs that
-    is most of the logging time. This swaps in :func:`torch_featureviz._png.tfrecord` on that
-    one writer instance; the bytes written are identical. Any other writer layout is left alone.
+    ``SummaryWriter``'s own writer checksums each record in pure Python when TensorFlow is
+    absent (~8 MB/s) and reopens the file for every record; this one frames records with the
+    C CRC-32C (:func:`torch_featureviz._png.tfrecord`) and keeps the file open. TensorBoard
+    reads it like any other: the name follows ``SummaryWriter``'s pattern, and the first record
+    is the file-version event.
     """
-    try:
-        from tensorboard.summary.writer.record_writer import RecordWriter
 
-        record_writer = writer._get_file_writer().event_writer._async_writer._writer
-    except (AttributeError, ImportError):
-        return
-    if (
-        type(record_writer) is RecordWriter
-        and hasattr(record_writer, "_writer")
-        and "write" not in vars(record_writer)
-    ):
-        record_writer.write = functools.partial(_write_record, record_writer)
+    def __init__(self, log_dir: Path) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._event_type = Event
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_FILE_NUMBERS)}"
+        )
+        self.path = log_dir / name
+        self._lock = threading.Lock()
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event: Any) -> None:
+        data = tfrecord(event.SerializeToString())
+        with self._lock:
+            self._file.write(data)
+
+    def add_summary(self, summary: Any, step: int, walltime: float | None = None) -> None:
+        wall = time.time() if walltime is None else walltime
+        self._write(self._event_type(summary=summary, step=step, wall_time=wall))
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
 
 
 def _image_value(tag: str, png: tuple[int, int, int, bytes]) -> Any:
@@ -111,11 +106,16 @@ def _image_value(tag: str, png: tuple[int, int, int, bytes]) -> Any:
 
 
 class TensorBoardWriter:
-    """Log torch_featureviz grids through a ``torch.utils.tensorboard.SummaryWriter``.
+    """Write torch_featureviz grids, images and scalars to TensorBoard event files.
+
+    Given a directory, it writes an event file of its own (a record writer it owns, with a C
+    CRC-32C). Given a ``SummaryWriter`` (for example a Lightning logger's ``experiment``), it
+    adds its summaries through that writer's public event-file path and never changes the
+    writer; it then flushes but does not close it.
 
     Args:
-        log_dir: a directory (created if needed), or an existing ``SummaryWriter`` (for example
-            a Lightning logger's ``experiment``), which this writer then does not close.
+        log_dir: a directory (created if needed), or an existing
+            ``torch.utils.tensorboard.SummaryWriter``.
         png_level: zlib level of the PNGs, 0 (fastest) to 9 (smallest).
         filter_channel: how deep filters become tiles (see
             :func:`~torch_featureviz.make_filter_grid`).
@@ -124,6 +124,7 @@ class TensorBoardWriter:
         encode_threads: threads that encode the PNGs of one call to :meth:`log_filters` or
             :meth:`log_feature_maps`; default ``min(4, os.cpu_count())``. ``1`` encodes on the
             calling thread (what a background writer that should only use idle CPU wants).
+        prefix: put every tag under ``<prefix>/`` (two models logging into one directory).
 
     Example::
 
@@ -148,27 +149,34 @@ class TensorBoardWriter:
         max_filters: int | None = 64,
         cmap: str | None = None,
         encode_threads: int | None = None,
+        prefix: str | None = None,
     ) -> None:
-        if not isinstance(png_level, int) or not 0 <= png_level <= 9:
+        if isinstance(png_level, bool) or not isinstance(png_level, int):
+            raise TypeError(f"png_level must be an int in 0..9, got {type(png_level).__name__}.")
+        if not 0 <= png_level <= 9:
             raise ValueError(f"png_level must be an int in 0..9, got {png_level!r}.")
         if encode_threads is None:
             encode_threads = _ENCODE_THREADS
-        check_positive_int(encode_threads, "encode_threads")
-        self.encode_threads = encode_threads
+        self.encode_threads = check_positive_int(encode_threads, "encode_threads")
         self.png_level = png_level
         self.filter_channel = filter_channel
-        self.max_filters = max_filters
+        self.max_filters = check_positive_int(max_filters, "max_filters", allow_none=True)
         self.cmap = cmap
+        self.prefix = check_prefix(prefix)
+        #: The user's ``SummaryWriter`` when one was given, else ``None``.
+        self.writer: Any = None
+        self._events: Any
         if isinstance(log_dir, (str, os.PathLike)):
             path = Path(log_dir)
+            if not os.fspath(log_dir):
+                raise ValueError("log_dir must not be empty; pass a directory such as 'runs/exp1'.")
             check_writable_dir(path)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(path))
-            self._owns_writer = True
+            self._log_dir = str(path)
+            self._events = _EventFile(path)
         elif hasattr(log_dir, "_get_file_writer") and hasattr(log_dir, "add_scalar"):
             self.writer = log_dir
-            self._owns_writer = False
+            self._log_dir = str(log_dir.get_logdir())
+            self._events = log_dir._get_file_writer()  # the writer's own public-facing sink
         else:
             raise TypeError(
                 "log_dir must be a directory path or a torch.utils.tensorboard.SummaryWriter, "
@@ -179,7 +187,11 @@ class TensorBoardWriter:
     @property
     def log_dir(self) -> str:
         """The directory the event files go to."""
-        return str(self.writer.get_logdir())
+        return self._log_dir
+
+    def tag(self, kind: str, *parts: str) -> str:
+        """This writer's tag for ``kind`` and ``parts`` (:func:`~.naming.make_tag`)."""
+        return make_tag(kind, *parts, prefix=self.prefix)
 
     # -- primitives -----------------------------------------------------------------------------
     def log_grid(
@@ -210,6 +222,21 @@ class TensorBoardWriter:
             step,
         )
 
+    def log_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """Write a histogram of the finite values of ``values`` (any dtype) under ``tag``."""
+        self._check_open()
+        from torch.utils.tensorboard.summary import histogram
+
+        v = values.detach().float()  # float32: histc has no bf16 kernel on CPU (pytorch#75667)
+        v = v[torch.isfinite(v)].cpu()
+        if v.numel():
+            self._add_values(list(histogram(tag, v.numpy(), "auto").value), step)
+
+    def add_summary(self, summary: Any, step: int) -> None:
+        """Write a ready ``Summary`` protobuf (the plugin's metadata, custom layouts)."""
+        self._check_open()
+        self._events.add_summary(summary, int(step), None)
+
     def _encode(self, grid: torch.Tensor) -> tuple[int, int, int, bytes]:
         pixels = to_hwc_numpy(grid)
         h, w, c = pixels.shape
@@ -218,20 +245,18 @@ class TensorBoardWriter:
     def _add_values(self, values: list[Any], step: int, walltime: float | None = None) -> None:
         """The one write path: ``Summary.Value``s as one event (one record in the file).
 
-        One record per call rather than per image or scalar: each record costs a CRC-32C, a
-        protobuf and (in ``tensorboard``'s writer) opening the file to append.
+        One record per call rather than per image or scalar: each record costs a CRC-32C and a
+        protobuf.
         """
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        if not values:
-            return
-        _use_fast_records(self.writer)
-        self.writer._get_file_writer().add_summary(Summary(value=values), int(step), walltime)
+        if values:
+            self._events.add_summary(Summary(value=values), int(step), walltime)
 
     # -- what users log -------------------------------------------------------------------------
     def log_filters(
         self,
-        model_or_layers: nn.Module | Mapping[str, nn.Conv2d | torch.Tensor],
+        model_or_layers: nn.Module | Mapping[str, nn.Module | torch.Tensor],
         step: int,
         *,
         layers: Any = None,
@@ -240,7 +265,7 @@ class TensorBoardWriter:
 
         Args:
             model_or_layers: a model (its convs are found, filtered by ``layers`` globs) or a
-                mapping of name to ``nn.Conv2d`` or weight tensor.
+                mapping of name to conv module or weight tensor.
             step: the global step.
 
         Returns:
@@ -259,26 +284,26 @@ class TensorBoardWriter:
             name: make_filter_grid(w, channel=self.filter_channel, max_filters=self.max_filters)
             for name, w in weights.items()
         }
-        return self._log_grids("filters", grids, step)
+        return self._log_grids(("filters",), grids, step)
 
     def log_feature_maps(
         self,
         maps: Mapping[str, torch.Tensor],
         step: int,
         *,
-        mode: Literal["hook", "chain"] | str = "hook",
+        mode: Literal["hook", "probe", "chain"] | str = "hook",
     ) -> list[str]:
-        """Write a grid for each ``(C, H, W)`` map, under ``feature_maps/<mode>/<layer>``.
+        """Write a grid for each map, under ``feature_maps/<mode>/<layer>``.
 
         Returns:
             The tags written.
         """
         if not isinstance(maps, Mapping):
             raise TypeError(f"maps must be a {{name: tensor}} mapping, got {type(maps).__name__}.")
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(mode)):
+        if not isinstance(mode, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", mode):
             raise ValueError(f"mode must be a simple word such as 'hook' or 'chain', got {mode!r}.")
         grids = {name: make_feature_grid(m, cmap=self.cmap) for name, m in maps.items()}
-        return self._log_grids(f"feature_maps/{mode}", grids, step)
+        return self._log_grids(("feature_maps", mode), grids, step)
 
     def log_image(self, image: torch.Tensor, step: int, *, name: str = "image") -> str:
         """Write the input image under ``input/<name>``.
@@ -286,20 +311,14 @@ class TensorBoardWriter:
         Args:
             image: ``(C, H, W)`` or ``(1, C, H, W)``, any scale (it is min-max scaled as one).
         """
-        tag = f"input/{layer_tag(name)}"
+        tag = self.tag("input", layer_tag(name))
         self.log_grid(tag, to_display_image(image), step)
         return tag
 
-    def _log_grids(self, prefix: str, grids: Mapping[str, torch.Tensor], step: int) -> list[str]:
-        tags: list[str] = []
-        used: set[str] = set()
-        for name in grids:
-            tag = f"{prefix}/{layer_tag(name)}"
-            base, k = tag, 2
-            while tag in used:  # two names that sanitise alike must not share a tag
-                tag, k = f"{base}_{k}", k + 1
-            used.add(tag)
-            tags.append(tag)
+    def _log_grids(
+        self, head: tuple[str, ...], grids: Mapping[str, torch.Tensor], step: int
+    ) -> list[str]:
+        tags = unique_tags(head[0], grids, *head[1:], prefix=self.prefix)
         self._check_open()
         items = list(grids.values())
         if len(items) > 1 and self.encode_threads > 1:
@@ -331,15 +350,15 @@ class TensorBoardWriter:
     def flush(self) -> None:
         """Flush pending events to disk."""
         if not self.closed:
-            self.writer.flush()
+            self._events.flush()
 
     def close(self) -> None:
-        """Flush, and close the SummaryWriter if this writer created it. Idempotent."""
+        """Flush, and close the event file if this writer created it. Idempotent."""
         if self.closed:
             return
         self.closed = True
-        if self._owns_writer:
-            self.writer.close()
+        if self.writer is None:
+            self._events.close()
         else:
             self.writer.flush()
 

@@ -1,0 +1,244 @@
+"""A bounded queue and one background thread that hands each item to a sink.
+
+:class:`BackgroundWriter` is what keeps logging off the training thread: ``submit`` puts an item
+into a bounded queue and returns, a thread at a lower priority passes each item to the sink, and
+the first error the sink raises is kept and handed back to the training thread
+(:meth:`BackgroundWriter.raise_error`). The sink is any object with ``write(item)``, ``flush()``
+and ``close()``; tests inject their own (a slow one, a failing one).
+
+The thread holds no reference to whoever owns the writer, so an owner that is garbage-collected
+without closing it can still be finalised (and close it).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Literal, Protocol
+
+__all__ = ["BackgroundWriter", "Sink"]
+
+OnFull = Literal["drop", "block"]
+_STOP = object()
+
+
+class Sink(Protocol):
+    """What a :class:`BackgroundWriter` writes into."""
+
+    def write(self, item: Any) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _lower_thread_priority(nice: int = 10) -> None:
+    """Make the calling thread yield the CPU to training (Linux: a per-thread nice value).
+
+    Rendering and encoding are off the training thread, but on a machine whose cores training
+    saturates they still compete for them; a lower priority makes them use idle time first.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # not permitted or not supported: run at normal priority
+        pass
+
+
+class BackgroundWriter:
+    """Write items to ``sink`` on a background thread, through a bounded queue.
+
+    Args:
+        sink: where items go (see :class:`Sink`); closed by the thread after the last item.
+        queue_size: items that may wait; more are dropped (``on_full="drop"``) or wait
+            (``"block"``).
+        on_full: ``"drop"`` never blocks the caller; ``"block"`` waits up to ``block_timeout``
+            seconds for room, then drops with a warning that says why.
+        block_timeout: the longest ``submit`` waits under ``"block"``.
+        nice: how much lower the thread's scheduling priority is (Linux).
+        name: the thread's name.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        queue_size: int = 4,
+        on_full: OnFull = "drop",
+        block_timeout: float = 60.0,
+        nice: int = 10,
+        name: str = "featureviz-writer",
+    ) -> None:
+        self.on_full = on_full
+        self.block_timeout = block_timeout
+        #: Items accepted, and items dropped because the queue was full.
+        self.submitted = 0
+        self.dropped = 0
+        self._sink = sink
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._error_reported = False
+        self._stopping = False
+        self._closed = False
+        self._next_warn = 1
+        self._thread = threading.Thread(
+            target=_run,
+            args=(self._queue, sink, self._fail, self._stopped, nice),
+            name=name,
+            daemon=True,
+        )
+        self._thread.start()
+
+    # -- the owner's side -------------------------------------------------------------------------
+    @property
+    def error(self) -> BaseException | None:
+        """The sink's first error, if it failed."""
+        return self._error
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The writer thread."""
+        return self._thread
+
+    @property
+    def pending(self) -> int:
+        """Items submitted and not yet written."""
+        return self._queue.unfinished_tasks
+
+    def submit(self, item: Any, *, label: str = "an item") -> bool:
+        """Queue ``item``; returns whether it was accepted (False: dropped, or closed).
+
+        ``label`` names the item in the warning when it is dropped."""
+        if self._closed or self._error is not None:
+            return False
+        try:
+            if self.on_full == "block":
+                self._queue.put(item, timeout=self.block_timeout)
+            else:
+                self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped >= self._next_warn:  # 1, 2, 4, 8, ...: never a warning per step
+                self._next_warn *= 2
+                why = (
+                    f"waited {self.block_timeout:g} s for the background writer"
+                    if self.on_full == "block"
+                    else "the background writer is behind"
+                )
+                warnings.warn(
+                    f"FeatureMonitor dropped {label}: {why} ({self._queue.maxsize} queued, "
+                    f"{self.dropped} dropped so far). Capture less often (a larger `every`), log "
+                    "fewer layers or channels, or raise `queue_size`.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return False
+        self.submitted += 1
+        return True
+
+    def raise_error(self) -> None:
+        """Raise the sink's error once, as a RuntimeError chained to it."""
+        err = self._error
+        if err is None or self._error_reported:
+            return
+        self._error_reported = True
+        hint = (
+            "check that the log directory is writable and has free space"
+            if isinstance(err, OSError)
+            else "this is a bug in torch_featureviz; please report it with the traceback"
+        )
+        raise RuntimeError(
+            f"the background writer failed: {type(err).__name__}: {err}. No further captures "
+            f"are logged; {hint}."
+        ) from err
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued item is written (at most ``timeout`` seconds); returns whether
+        it was. The sink is expected to flush after each item."""
+        if self._thread.is_alive():
+            deadline = None if timeout is None else time.monotonic() + timeout
+            done = self._queue.all_tasks_done  # notified by the thread's task_done()
+            with done:
+                while self._queue.unfinished_tasks and self._thread.is_alive():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    # Bounded waits: a thread that died still lets this loop look again.
+                    done.wait(0.1 if remaining is None else min(remaining, 0.1))
+        return True
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write what is queued, close the sink and end the thread. Idempotent.
+
+        Waits at most ``timeout`` seconds; returns whether the thread finished. If it did not,
+        it keeps writing in the background (a slow disk still gets everything, later).
+        """
+        if self._closed:
+            return not self._thread.is_alive()
+        self._closed = True
+        self._stopping = True
+        try:
+            self._queue.put_nowait(_STOP)
+        except queue.Full:
+            pass  # the thread notices `_stopping` once the queue is drained
+        if threading.current_thread() is self._thread:
+            return False  # closed from the writer thread itself (a finaliser run there)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            warnings.warn(
+                f"close() gave up after {timeout:.0f} s with {self._queue.qsize()} captures "
+                "unwritten: the background writer is stuck (a slow or hung disk?). It keeps "
+                "writing in the background.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
+        return True
+
+    # -- callbacks from the thread ----------------------------------------------------------------
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+
+    def _stopped(self) -> bool:
+        return self._stopping
+
+    def __repr__(self) -> str:
+        return (
+            f"BackgroundWriter(pending={self.pending}, submitted={self.submitted}, "
+            f"dropped={self.dropped}, closed={self._closed})"
+        )
+
+
+def _run(q: queue.Queue[Any], sink: Sink, fail: Any, stopped: Any, nice: int) -> None:
+    """The writer thread: a plain function of the queue and the sink, so that it keeps no
+    reference to the writer's owner."""
+    _lower_thread_priority(nice)
+    failed = False
+    while True:
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            if stopped():  # close() could not enqueue the stop marker: drained now
+                break
+            continue
+        try:
+            if item is _STOP:
+                break
+            if not failed:
+                sink.write(item)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread
+            failed = True
+            fail(e)
+        finally:
+            q.task_done()
+    try:
+        sink.close()
+    except BaseException as e:  # noqa: BLE001 - reported like a write error
+        fail(e)

@@ -1,0 +1,138 @@
+"""The monitor's options, checked once: :class:`MonitorConfig`.
+
+:class:`~torch_featureviz.FeatureMonitor` and the Lightning callback take the same options and
+check them here, in the calling thread, before any hook, thread or file exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from torch_featureviz._validation import (
+    check_bool,
+    check_choice,
+    check_cmap,
+    check_float,
+    check_non_negative_int,
+    check_positive_int,
+    check_prefix,
+    check_timeout,
+    unknown_option_message,
+)
+
+__all__ = ["MonitorConfig"]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Every option of :class:`~torch_featureviz.FeatureMonitor` except the model, the log
+    directory and the probe.
+
+    Attributes:
+        every: capture every ``every`` steps (steps 0, every, 2 * every, ...).
+        every_seconds: also capture when this many seconds passed since the last capture.
+        layers: conv names or ``fnmatch`` globs to watch; ``None`` watches every conv.
+        max_channels: channels per feature-map grid.
+        max_filters: filters per filter grid.
+        sample: which sample of the training batch (and of the probe) is shown.
+        log_filters: log filter grids.
+        log_hook_maps: log the training batch's maps.
+        log_stats: log activation statistics.
+        histograms: also log activation and weight histograms.
+        near_zero: ``|x| <= near_zero`` counts as a near-zero value.
+        active_threshold: a channel is active in a capture when some value exceeds this.
+        dead_window: how many captures the dead-channel window spans.
+        record: which forwards are the training batch's: ``"grad"`` (default) only forwards
+            run with gradients enabled, so validation under ``no_grad``/``inference_mode``
+            (and EMA evaluation) is neither copied nor logged; ``"all"`` every forward (the
+            behaviour before 0.2).
+        max_calls: keep only the first ``max_calls`` calls of each module per pass.
+        queue_size: captures that may wait for the background writer.
+        on_full: what a sampled step does when the queue is full: ``"drop"`` the capture
+            (never blocks training), or ``"block"`` until there is room, at most
+            ``block_timeout`` seconds (every step logged, as the demo wants).
+        block_timeout: the longest a sampled step waits under ``"block"``.
+        close_timeout: seconds :meth:`~torch_featureviz.FeatureMonitor.close` waits.
+        rank_zero_only: under ``torch.distributed``, only rank 0 captures and writes. With
+            ``False`` every rank writes into ``<log_dir>/rank<r>``.
+        start_step: the global step of the first ``step()`` call.
+        cmap: a matplotlib colormap for feature maps (``None``: grayscale).
+        name: put every tag under ``<name>/`` (a GAN's ``"G"`` and ``"D"`` sharing a run).
+        handle_sigterm: on SIGTERM, flush the log, then run the previous handler.
+    """
+
+    every: int = 100
+    every_seconds: float | None = None
+    layers: str | Iterable[str] | None = None
+    max_channels: int | None = 16
+    max_filters: int | None = 64
+    sample: int = 0
+    log_filters: bool = True
+    log_hook_maps: bool = True
+    log_stats: bool = True
+    histograms: bool = False
+    near_zero: float = 1e-6
+    active_threshold: float = 0.0
+    dead_window: int = 10
+    record: Literal["grad", "all"] = "grad"
+    max_calls: int | None = None
+    queue_size: int = 4
+    on_full: Literal["drop", "block"] = "drop"
+    block_timeout: float = 60.0
+    close_timeout: float = 30.0
+    rank_zero_only: bool = True
+    start_step: int = 0
+    cmap: str | None = None
+    name: str | None = None
+    handle_sigterm: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.every, "every")
+        check_float(
+            self.every_seconds, "every_seconds", minimum=0.0, exclusive=True, allow_none=True
+        )
+        check_positive_int(self.max_channels, "max_channels", allow_none=True)
+        check_positive_int(self.max_filters, "max_filters", allow_none=True)
+        check_non_negative_int(self.sample, "sample")
+        for flag in (
+            "log_filters",
+            "log_hook_maps",
+            "log_stats",
+            "histograms",
+            "rank_zero_only",
+            "handle_sigterm",
+        ):
+            check_bool(getattr(self, flag), flag)
+        check_float(self.near_zero, "near_zero", minimum=0.0)
+        check_float(self.active_threshold, "active_threshold")
+        check_positive_int(self.dead_window, "dead_window")
+        check_choice(self.record, "record", ("grad", "all"))
+        check_positive_int(self.max_calls, "max_calls", allow_none=True)
+        check_positive_int(self.queue_size, "queue_size")
+        check_choice(self.on_full, "on_full", ("drop", "block"))
+        check_timeout(self.block_timeout, "block_timeout")
+        check_timeout(self.close_timeout, "close_timeout")
+        check_non_negative_int(self.start_step, "start_step")
+        check_cmap(self.cmap)
+        check_prefix(self.name, "name")
+
+    @classmethod
+    def from_options(
+        cls, options: dict[str, Any], *, what: str = "FeatureMonitor"
+    ) -> MonitorConfig:
+        """Build a config from keyword options, naming any unknown one and its closest match."""
+        known = [f.name for f in fields(cls)]
+        for key in options:
+            if key not in known:
+                raise TypeError(unknown_option_message(what, key, known))
+        return cls(**options)
+
+    def replace(self, **changes: Any) -> MonitorConfig:
+        """A copy with ``changes`` applied (and checked)."""
+        return type(self).from_options({**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
