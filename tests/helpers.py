@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,6 +15,18 @@ from torch_featureviz.naming import call_key, split_call_key
 def hook_count(model: nn.Module) -> int:
     """Forward (pre-)hooks registered anywhere in ``model``."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def live_hook_count(model: nn.Module) -> int:
+    """Forward (pre-)hooks that do something: a deep copy of an attached model carries the
+    package's hooks as the inert builtin ``None.__init__``, which this does not count."""
+    inert = None.__init__
+    return sum(
+        1
+        for m in model.modules()
+        for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+        if h != inert
+    )
 
 
 def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor | bool]:
@@ -96,7 +109,7 @@ def reference_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
         parent_name, _, attr = name.rpartition(".")
         parent = twin.get_submodule(parent_name) if parent_name else twin
         parent._modules[attr] = _Recorder(parent._modules[attr], name, store)
-    assert hook_count(twin) == 0
+    assert live_hook_count(twin) == 0
     with torch.no_grad():
         twin(x)
     return store
@@ -136,3 +149,24 @@ class FailingSink(GatedSink):
 
     def write(self, item) -> None:  # type: ignore[no-untyped-def]
         raise self.error
+
+
+def read_events(log_dir: str | Path):  # type: ignore[no-untyped-def]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "histograms": 0})
+    ea.Reload()
+    return ea
+
+
+def decode(image_event) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """A logged PNG as a (C, H, W) uint8 tensor."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.array(Image.open(io.BytesIO(image_event.encoded_image_string)))
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

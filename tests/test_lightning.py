@@ -101,7 +101,7 @@ def test_gradient_accumulation_captures_once_per_global_step(tmp_path: Path) -> 
 def test_bad_probe_fails_at_fit_start(tmp_path: Path) -> None:
     callback = FeatureMonitorCallback(every=1, probe=torch.randn(1, 2, 16, 16))
     module = Module()
-    with pytest.raises(ValueError, match="probe has 2 channels"):
+    with pytest.raises(ValueError, match=r"probe of shape \(1, 2, 16, 16\) does not fit"):
         trainer(tmp_path, callback, logger=False).fit(module, loader())
     assert hook_count(module) == 0
 
@@ -114,6 +114,11 @@ def test_bad_probe_fails_at_fit_start(tmp_path: Path) -> None:
         ({"probe": [1.0]}, TypeError, "probe must be a torch.Tensor"),
         ({"log_dir": 3}, TypeError, "log_dir must be a path"),
         ({"rank_zero_only": False}, TypeError, "sets 'rank_zero_only' itself"),
+        ({"max_chanels": 4}, TypeError, "unknown option 'max_chanels'. Did you mean 'max_chan"),
+        ({"cmap": "viridiss"}, ValueError, "cmap 'viridiss' is not a matplotlib colormap"),
+        ({"on_full": "wait"}, ValueError, "on_full must be one of 'drop', 'block'"),
+        ({"close_timeout": 1e300}, ValueError, "close_timeout must be a finite number >= 0"),
+        ({"log_dir": ""}, ValueError, "log_dir must not be empty"),
     ],
 )
 def test_bad_options(kwargs: dict, error: type, match: str) -> None:

@@ -25,34 +25,15 @@ from tests.helpers import (
     FailingSink,
     GatedSink,
     assert_same_state,
+    decode,
     hook_count,
+    read_events,
     state_snapshot,
     tiny_net,
 )
 from torch_featureviz import FeatureMonitor, make_feature_grid, make_filter_grid
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def read_events(log_dir: str | Path):  # type: ignore[no-untyped-def]
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "histograms": 0})
-    ea.Reload()
-    return ea
-
-
-def decode(image_event) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """A logged PNG as a (C, H, W) uint8 tensor."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.array(Image.open(io.BytesIO(image_event.encoded_image_string)))
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def train(model: nn.Module, monitor: FeatureMonitor | None, steps: int, *, seed: int = 0,
@@ -121,7 +102,8 @@ def test_not_a_model(tmp_path: Path) -> None:
 
 def test_probe_with_wrong_channels(tmp_path: Path) -> None:
     model = tiny_net()
-    with pytest.raises(ValueError, match=r"probe of shape \(1, 1, 16, 16\) does not fit TinyNet: .*to have 3 channels.*x.expand"):
+    match = r"probe of shape \(1, 1, 16, 16\) does not fit TinyNet: .*to have 3 channels.*x.expand"
+    with pytest.raises(ValueError, match=match):
         FeatureMonitor(model, tmp_path, probe=torch.randn(1, 1, 16, 16))
     assert hook_count(model) == 0
 

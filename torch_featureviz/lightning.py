@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 try:  # the unified package first, then the standalone one
     from lightning.pytorch import Callback, LightningModule, Trainer
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -38,7 +36,8 @@ except ImportError:  # pragma: no cover - exercised only without `lightning`
             "Install the extra: pip install torch-featureviz[lightning]"
         ) from e
 
-from torch_featureviz._validation import check_positive_int
+from torch_featureviz._validation import ModelInput, check_model_input
+from torch_featureviz.config import MonitorConfig
 from torch_featureviz.monitor import FeatureMonitor
 
 __all__ = ["FeatureMonitorCallback"]
@@ -49,12 +48,16 @@ class FeatureMonitorCallback(Callback):
 
     Args:
         every: capture every ``every`` global steps (optimizer steps).
-        probe: a fixed ``(N, C, H, W)`` or ``(C, H, W)`` input, logged under
-            ``feature_maps/probe/<layer>``; moved to the module's device at fit start.
+        probe: a fixed input (a tensor, a tuple or a dict of inputs), logged under
+            ``feature_maps/probe/<layer>``; moved to the module's device and dtype at every
+            capture.
         log_dir: where to write when the trainer has no TensorBoard logger; default
             ``<trainer.default_root_dir>/featureviz``.
         **monitor_kwargs: any other :class:`~torch_featureviz.FeatureMonitor` option
-            (``layers``, ``max_channels``, ``every_seconds``, ``histograms``, ...).
+            (``layers``, ``max_channels``, ``every_seconds``, ``histograms``, ``name``, ...).
+
+    Lightning runs validation, ``Trainer.validate`` and ``Trainer.test`` under ``no_grad`` or
+    ``inference_mode``: those batches are never taken for the training batch's maps.
 
     Raises:
         TypeError, ValueError: bad options, at construction; a probe that does not fit the
@@ -65,7 +68,7 @@ class FeatureMonitorCallback(Callback):
         self,
         every: int = 100,
         *,
-        probe: torch.Tensor | None = None,
+        probe: ModelInput | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         layers: str | Iterable[str] | None = None,
         **monitor_kwargs: Any,
@@ -77,11 +80,16 @@ class FeatureMonitorCallback(Callback):
                     f"FeatureMonitorCallback sets {reserved!r} itself (Lightning's rank-zero "
                     "convention and the trainer's global step); remove it."
                 )
-        check_positive_int(every, "every")
-        if probe is not None and not isinstance(probe, torch.Tensor):
-            raise TypeError(f"probe must be a torch.Tensor or None, got {type(probe).__name__}.")
+        # Every option is checked here, at construction, with the monitor's own messages.
+        MonitorConfig.from_options(
+            {"every": every, "layers": layers, **monitor_kwargs}, what="FeatureMonitorCallback"
+        )
+        if probe is not None:
+            check_model_input(probe, name="probe")
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path or None, got {type(log_dir).__name__}.")
+        if log_dir is not None and not os.fspath(log_dir):
+            raise ValueError("log_dir must not be empty; pass a directory or None.")
         self.every = every
         self.probe = probe
         self.log_dir = log_dir

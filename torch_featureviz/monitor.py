@@ -529,6 +529,12 @@ class FeatureMonitor:
         return None if self._background is None else self._background.error
 
     @property
+    def capture(self) -> FeatureCapture | None:
+        """The monitor's :class:`~torch_featureviz.FeatureCapture` (``None`` on ranks that do
+        not capture); its ``observers`` list is where extra per-layer work can be added."""
+        return self._capture
+
+    @property
     def writer_thread(self) -> threading.Thread | None:
         """The background writer's thread (``None`` on ranks that do not write)."""
         return None if self._background is None else self._background.thread
