@@ -493,3 +493,95 @@ def test_sigterm_option_needs_the_main_thread(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler) or (
         os.name == "nt"
     )
+
+
+# -- all of it at once: random sequences of what training code does ------------------------------
+class FieldNet(nn.Module):
+    """Convs with an optionally checkpointed block and a trap that raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.trap = InterruptOnce()
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True))
+        self.head = nn.Linear(4, 2)
+        self.checkpointed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.trap(torch.relu(self.stem(x)))
+        if self.checkpointed:
+            x = checkpoint(self.block, x, use_reentrant=False)
+        else:
+            x = self.block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+OPS = ("train", "no_grad", "inference", "copy", "short", "checkpointed", "interrupt")
+
+
+@pytest.mark.slow
+def test_random_sequences_of_training_code(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from tests.reliability_models import reproducible
+
+    @reproducible(25)
+    @given(st.lists(st.sampled_from(OPS), min_size=1, max_size=10))
+    def run(ops: list[str]) -> None:
+        log_dir = tmp_path_factory.mktemp("field")
+        model = FieldNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # fixed weights: references hold
+        g = torch.Generator().manual_seed(len(ops))
+        expected: dict[int, torch.Tensor] = {}
+        monitor = FeatureMonitor(
+            model, log_dir, every=1, sample=1, max_channels=None, on_full="block"
+        )
+        capture = monitor.capture
+        assert capture is not None
+        step = 0
+        for op in ops:
+            x = torch.randn(1 if op == "short" else 2, 3, 6, 6, generator=g)
+            if op in ("train", "short", "checkpointed"):
+                model.checkpointed = op == "checkpointed"
+                sgd_step(model, x, opt)  # never raises, whatever came before
+                model.checkpointed = False
+                if op != "short":
+                    expected[step] = reference_maps(model, x)["stem"][1]
+                monitor.step()
+                step += 1
+            elif op == "no_grad":
+                with torch.no_grad():
+                    model(x)
+            elif op == "inference":
+                with torch.inference_mode():
+                    model(x)
+            elif op == "copy":
+                passes = capture.passes
+                copy.deepcopy(model)(x)
+                assert capture.passes == passes  # the copy did no capture work
+            else:
+                model.trap.armed = True
+                with pytest.raises(KeyboardInterrupt):
+                    model(x)
+        thread = monitor.writer_thread
+        monitor.close()
+        assert hook_count(model) == 0
+        assert thread is not None and not thread.is_alive()
+        assert not [f for f in os.listdir("/proc/self/fd") if "tfevents" in _fd_target(f)]
+        ea = read_events(log_dir)
+        tag = "feature_maps/hook/stem"
+        events = ea.Images(tag) if tag in ea.Tags()["images"] else []
+        assert [e.step for e in events] == sorted(expected)
+        for event in events:
+            assert torch.equal(decode(event), make_feature_grid(expected[event.step]))
+
+    run()
+
+
+def _fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""

@@ -174,3 +174,55 @@ def test_other_ranks_do_nothing(tmp_path: Path) -> None:
     callback.on_train_batch_end(NotRankZero(), module, None, None, 0)  # type: ignore[arg-type]
     assert callback.monitor is None and hook_count(module) == 0
     assert not (tmp_path / "featureviz").exists()
+
+
+class FrozenModule(Module):
+    """Weights that never change (lr 0), so a hook-free reference holds at every step; with
+    validation and test steps."""
+
+    def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def test_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        x, y = batch
+        self.log("test_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_validation_accumulation_validate_and_test_log_only_training_batches(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import decode, reference_maps
+    from torch_featureviz.render import make_feature_grid
+
+    train = loader(n=24, batch=2)  # 12 micro-batches, 6 optimizer steps
+    constant = torch.utils.data.TensorDataset(
+        torch.full((4, 3, 16, 16), 7.0), torch.zeros(4, dtype=torch.long)
+    )
+    val = torch.utils.data.DataLoader(constant, batch_size=2)
+    callback = FeatureMonitorCallback(every=1, log_dir=tmp_path / "fv", max_channels=None)
+    module = FrozenModule()
+    t = trainer(
+        tmp_path,
+        callback,
+        logger=False,
+        max_steps=6,
+        accumulate_grad_batches=2,
+        val_check_interval=4,  # validation inside the epoch, between optimizer steps
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+    )
+    t.fit(module, train, val)
+    t.validate(module, val)  # inference_mode: never a training map
+    t.test(module, val)
+    assert hook_count(module) == 0
+    events = read_events(tmp_path / "fv").Images("feature_maps/hook/net.stem.0")
+    assert [e.step for e in events] == [0, 1, 2, 3, 4, 5]
+    micro = [x for x, _ in train]
+    for event in events:
+        last = micro[2 * event.step + 1]  # the step's last micro-batch forward
+        expected = reference_maps(module.net, last)["stem.0"][0]
+        assert torch.equal(decode(event), make_feature_grid(expected)), event.step
