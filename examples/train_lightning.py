@@ -1,7 +1,7 @@
 """The same, with PyTorch Lightning: one callback (``pip install torch-featureviz[lightning]``).
 
     python examples/train_lightning.py        # ~30 s on 2 CPU cores
-    tensorboard --logdir runs/lightning --samples_per_plugin images=1000
+    tensorboard --logdir runs/lightning --samples_per_plugin images=0
 
 The callback logs through the trainer's TensorBoard logger, next to your own metrics, on global
 rank zero only.

@@ -1,7 +1,7 @@
 """Watch a CNN's filters and feature maps evolve in a plain PyTorch training loop.
 
     python examples/train_plain.py            # ~30 s on 2 CPU cores
-    tensorboard --logdir runs/plain --samples_per_plugin images=1000
+    tensorboard --logdir runs/plain --samples_per_plugin images=0
 
 The monitor is attached once, before the loop (and before torch.compile, if you use it).
 ``monitor.step()`` after each optimizer step costs nothing on unsampled steps; every ``--every``

@@ -333,7 +333,11 @@ def run_demo(args: argparse.Namespace) -> int:
     recent_loss: deque[float] = deque(maxlen=20)
     recent_acc: deque[float] = deque(maxlen=20)
 
-    monitor = FeatureMonitor(model, log_dir, every=every, probe=probe, max_channels=16)
+    # "block": the demo is where a user expects every step in the scrub, so a slow writer
+    # (a loaded machine) makes a sampled step wait instead of leaving a hole.
+    monitor = FeatureMonitor(
+        model, log_dir, every=every, probe=probe, max_channels=16, on_full="block"
+    )
     with monitor:
         model.train()
         bar = tqdm(range(steps), desc="training", unit="step", disable=args.no_progress,

@@ -56,7 +56,7 @@ What is logged at the global step (tags, under ``<name>/`` when ``name`` is set)
 - ``featureviz/dropped_captures``: how many captures were dropped so far.
 
 TensorBoard shows only 10 images per tag by default; start it with
-``tensorboard --logdir DIR --samples_per_plugin images=1000`` (see
+``tensorboard --logdir DIR --samples_per_plugin images=0`` (see
 :func:`~torch_featureviz.tensorboard_command`) to scrub through every step.
 
 Distributed training: under DDP only rank 0 captures and writes by default (no collective is

@@ -9,7 +9,7 @@ Tags:
 Grids are written as PNGs with their own channel count (single-channel for grayscale grids).
 
 TensorBoard keeps only 10 images per tag when it loads logs; to scrub through every logged step,
-start it with ``tensorboard --logdir DIR --samples_per_plugin images=1000``.
+start it with ``tensorboard --logdir DIR --samples_per_plugin images=0`` (keep them all).
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ import torch
 from torch import nn
 
 from torch_featureviz._png import encode_png, tfrecord, to_hwc_numpy
-from torch_featureviz._validation import check_positive_int, check_prefix, check_writable_dir
+from torch_featureviz._validation import (
+    check_non_negative_int,
+    check_positive_int,
+    check_prefix,
+    check_writable_dir,
+)
 from torch_featureviz.discovery import find_conv_layers
 from torch_featureviz.naming import layer_tag, make_tag, unique_tags
 from torch_featureviz.render import (
@@ -42,8 +47,19 @@ from torch_featureviz.render import (
 __all__ = ["TensorBoardWriter", "layer_tag", "tensorboard_command"]
 
 
-def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 1000) -> str:
-    """The command that shows ``log_dir`` with every logged image step kept."""
+def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 0) -> str:
+    """The command that shows ``log_dir`` with every logged image step kept.
+
+    ``images=0`` tells TensorBoard to keep every image step (its default keeps 10 per tag), so
+    the scrub has no holes however long the run; pass a number to cap TensorBoard's memory on
+    very long runs.
+
+    Example::
+
+        >>> tensorboard_command("runs/exp1")
+        'tensorboard --logdir runs/exp1 --samples_per_plugin images=0 --host 127.0.0.1'
+    """
+    images = check_non_negative_int(images, "images")
     return (
         f"tensorboard --logdir {os.fspath(log_dir)} --samples_per_plugin images={images} "
         "--host 127.0.0.1"
