@@ -106,6 +106,21 @@ class _ConvHook(_Hook):
             cap._on_output(self.name, module, output)
 
 
+class _ModuleHook(_Hook):
+    """A hook on a module an observer asked to watch (see :meth:`PassObserver.watch`)."""
+
+    __slots__ = ("observer",)
+
+    def __init__(self, capture: FeatureCapture, name: str, observer: PassObserver) -> None:
+        super().__init__(capture, name)
+        self.observer = observer
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        cap = self.capture
+        if cap.enabled and cap._pending is not None:
+            cap._on_module_output(self.observer, self.name, module, args, output)
+
+
 class _RootPreHook(_Hook):
     __slots__ = ()
 
@@ -160,6 +175,16 @@ class PassObserver:
 
     def end(self, record: PassRecord, complete: bool) -> None:
         """The pass closed; ``complete`` is False when the forward raised (it is dropped)."""
+
+    def watch(self, root: nn.Module) -> Mapping[str, nn.Module]:
+        """Other modules of ``root`` whose outputs this observer wants (by qualified name);
+        their outputs arrive in :meth:`module_output` during captured passes."""
+        return {}
+
+    def module_output(
+        self, record: PassRecord, name: str, module: nn.Module, args: Any, output: Any
+    ) -> None:
+        """A watched module ran inside a captured pass."""
 
 
 class FeatureCapture:
@@ -283,6 +308,11 @@ class FeatureCapture:
             )
             for name, module in self.layers.items():
                 self._handles[name] = module.register_forward_hook(_ConvHook(self, name))
+            for k, obs in enumerate(self.observers):
+                for name, module in obs.watch(self.root).items():
+                    self._handles[f"<observer{k}>{name}"] = module.register_forward_hook(
+                        _ModuleHook(self, name, obs)
+                    )
             self._handles["<root-post>"] = self.root.register_forward_hook(
                 _RootPostHook(self, ""), always_call=True
             )
@@ -416,6 +446,17 @@ class FeatureCapture:
         except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
             self._note(record, key, f"{type(e).__name__}: {e}", type(e).__name__)
 
+    def _on_module_output(
+        self, observer: PassObserver, name: str, module: nn.Module, args: Any, output: Any
+    ) -> None:
+        record = self._pending
+        if record is None:
+            return
+        try:
+            observer.module_output(record, name, module, args, output)
+        except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
+            self._note(record, name, f"{type(e).__name__}: {e}", type(e).__name__)
+
     def _note(self, record: PassRecord, key: str, reason: str, kind: str) -> None:
         """Record that call ``key`` was not captured, and warn once per ``kind`` of reason."""
         record.skipped[key] = reason
@@ -452,7 +493,7 @@ class FeatureCapture:
             out = out[: self.max_channels]
         # Always a copy: the conv output may be overwritten in place after the hook returns.
         # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
-        if torch.is_inference_mode_enabled():
+        if not _compiling() and torch.is_inference_mode_enabled():
             with torch.inference_mode(False):
                 return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)

@@ -40,6 +40,8 @@ class MonitorConfig:
         log_filters: log filter grids.
         log_hook_maps: log the training batch's maps.
         log_stats: log activation statistics.
+        stats_after_activation: describe each conv by the activation that follows it (through
+            a norm layer, if any), where there is one; ``False`` describes raw conv outputs.
         histograms: also log activation and weight histograms.
         near_zero: ``|x| <= near_zero`` counts as a near-zero value.
         active_threshold: a channel is active in a capture when some value exceeds this.
@@ -72,6 +74,7 @@ class MonitorConfig:
     log_filters: bool = True
     log_hook_maps: bool = True
     log_stats: bool = True
+    stats_after_activation: bool = True
     histograms: bool = False
     near_zero: float = 1e-6
     active_threshold: float = 0.0

@@ -223,7 +223,9 @@ class FeatureMonitor:
         self._background: BackgroundWriter | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.probe: ModelInput | None = None
-        self.stats = ActivationStatistics(sample=cfg.sample, near_zero=cfg.near_zero)
+        self.stats = ActivationStatistics(
+            sample=cfg.sample, near_zero=cfg.near_zero, after_activation=cfg.stats_after_activation
+        )
         capture = FeatureCapture(
             model,
             cfg.layers,

@@ -12,13 +12,22 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from torch_featureviz.capture import PassObserver, PassRecord
+from torch_featureviz.capture import PassObserver, PassRecord, _compiling
 
-__all__ = ["STAT_NAMES", "ActivationStatistics", "DeadChannelWindow", "LayerSums", "finish_stats"]
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "STAT_NAMES",
+    "ActivationStatistics",
+    "DeadChannelWindow",
+    "LayerSums",
+    "finish_stats",
+]
 
 #: The per-layer statistics the monitor logs, in order.
 STAT_NAMES = ("mean", "std", "near_zero", "dead_channels")
@@ -37,8 +46,39 @@ class LayerSums:
     sample_numel: int
 
 
+#: Modules whose output is "the activation" of the conv that feeds them.
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Softplus, nn.Tanh, nn.Sigmoid,
+    nn.Hardsigmoid,
+)  # fmt: skip
+#: Modules that may sit between a conv and its activation.
+NORMS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def _is_norm_act(module: nn.Module) -> bool:
+    """A norm layer that applies its own activation (timm's ``BatchNormAct2d`` and kin)."""
+    act = getattr(module, "act", None)
+    return isinstance(module, NORMS) and isinstance(act, ACTIVATIONS)
+
+
 class ActivationStatistics(PassObserver):
-    """Reduce every captured conv output of a training pass to :class:`LayerSums`.
+    """Reduce what every captured conv of a training pass computes to :class:`LayerSums`.
+
+    The statistics describe the *activation that follows the conv* where there is one: the
+    output of the first activation module (ReLU, SiLU, GELU, ...; see :data:`ACTIVATIONS`) fed
+    by the conv's output directly or through one norm layer (BatchNorm, GroupNorm, LayerNorm,
+    or a norm with a built-in activation such as timm's ``BatchNormAct2d``). The link is found
+    from the tensors that flow in each pass, so shared activation modules (torchvision's
+    ``BasicBlock.relu``) and in-place ones work. A conv with no such activation (one followed by
+    a residual addition, a pooling, the head) is described by its own output; :attr:`source`
+    says which, per layer. Under ``torch.compile`` tensors cannot be followed, and every conv
+    is described by its output.
 
     Mean, std and channel activity cover the whole batch and every channel (not only the kept
     sample), so a short last batch still gets statistics. Probe passes are ignored.
@@ -46,23 +86,90 @@ class ActivationStatistics(PassObserver):
     Args:
         sample: the batch index whose near-zero fraction is counted.
         near_zero: ``|x| <= near_zero`` counts as a near-zero value.
+        after_activation: follow convs to their activation; False describes conv outputs.
     """
 
-    def __init__(self, *, sample: int = 0, near_zero: float = 1e-6) -> None:
+    def __init__(
+        self, *, sample: int = 0, near_zero: float = 1e-6, after_activation: bool = True
+    ) -> None:
         self.sample = sample
         self.near_zero = near_zero
+        self.after_activation = after_activation
         #: When False, passes are observed but nothing is reduced.
         self.enabled = True
         #: ``(pass index, {key: LayerSums})`` of the last complete training pass.
         self.published: tuple[int, dict[str, LayerSums]] | None = None
+        #: ``{key: "conv output" | "<Activation> after the conv"}`` as found so far.
+        self.source: dict[str, str] = {}
         self._pending: dict[str, LayerSums] | None = None
+        # id(tensor) -> (the conv key it came from, its version then), this pass
+        self._flow: dict[int, tuple[str, int]] = {}
+        self._alive: list[torch.Tensor] = []  # keeps those ids valid until the pass ends
+        self._followed: set[str] = set()  # conv keys whose activation was found
+        self._convs: dict[str, nn.Module] = {}  # conv key -> its module (for the spatial rank)
+
+    def watch(self, root: nn.Module) -> dict[str, nn.Module]:
+        if not self.after_activation:
+            return {}
+        return {n: m for n, m in root.named_modules() if isinstance(m, (*ACTIVATIONS, *NORMS))}
 
     def start(self, record: PassRecord) -> None:
         self._pending = {} if self.enabled and record.kind != "probe" else None
+        self._flow.clear()
+        self._alive.clear()
 
     def output(self, record: PassRecord, key: str, module: nn.Module, output: torch.Tensor) -> None:
         target = self._pending
-        if target is None or output.numel() == 0:
+        if target is None:
+            return
+        if self.after_activation and not _compiling():
+            self._follow(output, key)
+            self._convs[key] = module
+            if key in self._followed:
+                return  # its activation will be reduced instead
+        self._reduce(target, key, module, output, "conv output")
+
+    def module_output(
+        self, record: PassRecord, name: str, module: nn.Module, args: Any, output: Any
+    ) -> None:
+        target = self._pending
+        if target is None or not args or _compiling():
+            return
+        x = args[0]
+        seen = self._flow.get(id(x))
+        if seen is None or not isinstance(output, torch.Tensor):
+            return
+        source, version = seen
+        # The tensor must reach this module unmodified: an in-place `out += identity` between
+        # bn2 and the ReLU (torchvision's BasicBlock) keeps the object but changes its values.
+        # An in-place activation itself bumps the version once.
+        expected = version + (1 if getattr(module, "inplace", False) and output is x else 0)
+        if _version(x) != expected:
+            return
+        if isinstance(module, NORMS) and not _is_norm_act(module):
+            self._follow(output, source)  # conv -> norm -> (activation)
+            return
+        conv = self._convs.get(source)
+        del self._flow[id(args[0])]  # only the first activation after the conv counts
+        self._followed.add(source)
+        kind = type(getattr(module, "act", module)).__name__
+        self._reduce(target, source, conv or module, output, f"{kind} after the conv")
+
+    def _follow(self, tensor: torch.Tensor, key: str) -> None:
+        version = _version(tensor)
+        if version >= 0:
+            self._flow[id(tensor)] = (key, version)
+            self._alive.append(tensor)
+
+    def _reduce(
+        self,
+        target: dict[str, LayerSums],
+        key: str,
+        module: nn.Module,
+        output: torch.Tensor,
+        source: str,
+    ) -> None:
+        if output.numel() == 0:
             return
         spatial = len(getattr(module, "kernel_size", (0, 0)))
         # Reductions only, and as few ops as possible (each costs the training thread a few
@@ -80,11 +187,22 @@ class ActivationStatistics(PassObserver):
         near = (one.abs() <= self.near_zero).sum()
         sums = torch.stack([x.sum(), torch.linalg.vector_norm(x), near.to(x.dtype)])
         target[key] = LayerSums(sums, peak, x.numel(), one.numel())
+        self.source[key] = source
 
     def end(self, record: PassRecord, complete: bool) -> None:
         pending, self._pending = self._pending, None
+        self._flow.clear()
+        self._alive.clear()
         if complete and pending is not None:
             self.published = (record.index, pending)
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place version counter, or -1 (inference tensors have none)."""
+    try:
+        return int(tensor._version)
+    except RuntimeError:
+        return -1
 
 
 def finish_stats(layer: LayerSums) -> tuple[float, float, float]:
