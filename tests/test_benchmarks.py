@@ -62,7 +62,8 @@ def test_every_case_figure_is_finite_and_positive(quick_run):
         _positive(case["convs"], f"{where} convs")
         variants = case["variants"]
         # The package's own modes and the required peers are always measured.
-        for name in ("bare", "hook", "hook_all", "chain", "fx", "naive"):
+        required = ("bare", "hook", "hook_fresh", "hook_all", "naive_clone", "chain", "fx", "naive")
+        for name in required:
             assert name in variants, f"{where}: {name} missing ({case['errors']})"
         assert variants["bare"]["ratio_to_bare"] == pytest.approx(1.0)
         for name, v in variants.items():
