@@ -108,6 +108,7 @@ def interleave(
     always: Iterable[str] = ("bare",),
     errors: dict[str, str] | None = None,
     gc_every: int | None = 1,
+    on_round: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Warm each variant up, then time them round-robin for up to ``rounds`` rounds.
 
@@ -127,6 +128,7 @@ def interleave(
             variant is divided by, round by round).
         errors: receives ``{name: "Type: message"}`` of the variants that failed.
         gc_every: collect garbage (untimed) every this many rounds; ``None`` never.
+        on_round: called (untimed) with the round's index before each timed round.
 
     Returns:
         ``{name: [seconds, ...]}`` for every variant that ran, in the order of ``variants``.
@@ -156,6 +158,8 @@ def interleave(
     for r in range(rounds):
         if gc_every and r % gc_every == 0:
             gc.collect()
+        if on_round is not None:
+            on_round(r)
         k = r % len(alive) if alive else 0
         for v in alive[k:] + alive[:k]:
             if v.name in always or len(times[v.name]) < want[v.name]:
