@@ -190,9 +190,10 @@ NEVER = 10**9
 class Workload(NamedTuple):
     """One training step to measure: a model, a batch, a device and a precision.
 
-    ``model`` is ``"demo"`` (the demo's small ResNet on 32 px images, 8 classes) or a
-    torchvision model name (random weights, ``classes`` outputs). ``amp="bf16"`` runs the forward
-    and the loss under ``torch.autocast(dtype=torch.bfloat16)``.
+    ``model`` is ``"demo"`` (the demo's small ResNet on 32 px images, 8 classes), ``"tiny"``
+    (a two-conv net with 4 classes, for dry runs of the script) or a torchvision model name
+    (random weights, ``classes`` outputs). ``amp="bf16"`` runs the forward and the loss under
+    ``torch.autocast(dtype=torch.bfloat16)``.
     """
 
     model: str = "demo"
@@ -204,6 +205,8 @@ class Workload(NamedTuple):
 
     def build(self) -> nn.Module:
         torch.manual_seed(0)
+        if self.model == "tiny":  # the soak's two-conv net: for dry runs of the script
+            return _tiny_model().to(self.device).train()
         if self.model == "demo":
             from torch_featureviz.demo import build_demo_model
 
@@ -542,6 +545,7 @@ def run_throughput(
     workload: Workload | None = None,
     peers: Sequence[str] = (),
     charge_writer: bool = True,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Seconds per step of each variant, interleaved step by step; and the capturing step alone.
 
@@ -553,7 +557,8 @@ def run_throughput(
     Ratios compare total times; ``block_ratios`` gives each period's. The capturing step: a
     third model whose monitor captures every step, against its twin, in adjacent pairs (the
     writer settled between pairs, as between sparse captures); the ratio is the median over
-    pairs.
+    pairs. ``on_partial`` receives the throughput ratios as soon as they are measured (before
+    the capturing steps), so a run stopped by a time limit still leaves them.
     """
     if workload is None:
         workload = Workload(batch=64 if batch is None else batch)
@@ -613,6 +618,19 @@ def run_throughput(
             on_round=on_round,
         )
 
+        if on_partial is not None:
+            on_partial(
+                {
+                    "workload": workload._asdict(),
+                    "partial": True,
+                    **_ratios(steps, labels, period),
+                    "peers": {
+                        s: _ratios(steps, {f"{s}:{k}": v for k, v in labels.items()}, period)
+                        for s in made
+                        if s != "featureviz" and all(f"{s}:{k}" in steps for k in labels)
+                    },
+                }
+            )
         # The capturing step alone: a monitor capturing every step against its twin.
         capture: dict[str, dict[str, Any]] = {}
         for s in made:
@@ -704,14 +722,16 @@ def run_throughput(
     }
 
 
-def run_hook_overhead(*, calls: int = 100, repeats: int = 30) -> dict[str, float]:
+def run_hook_overhead(
+    *, calls: int = 100, repeats: int = 30, model: str = "demo", device: str = "cpu"
+) -> dict[str, float]:
     """Cost of the gated-off hooks alone: a tiny forward with a monitor attached but not sampling,
     against its hook-free twin (same tensors), alternating (noise-free where whole steps are
     not).
     """
     from torch_featureviz import FeatureMonitor
 
-    trainer = _Trainer(Workload(batch=1, size=8), pool=1)
+    trainer = _Trainer(Workload(model=model, batch=1, size=8, device=device), pool=1)
     model, twin = trainer.model.eval(), trainer.twin.eval()
     x = trainer.batches[0][0]
     with tempfile.TemporaryDirectory(prefix="featureviz-hooks-") as d:
@@ -727,7 +747,7 @@ def run_hook_overhead(*, calls: int = 100, repeats: int = 30) -> dict[str, float
 
         t = interleave(
             [Variant("hooked", forwards(model)), Variant("bare", forwards(twin))],
-            device="cpu",
+            device=device,
             rounds=repeats,
             always=("hooked", "bare"),
             gc_every=None,
@@ -780,23 +800,31 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("")
     for wname, run in result["throughput"].items():
         w = run["workload"]
+        if run.get("partial"):
+            how = "stopped before the capturing steps: throughput only"
+        else:
+            how = (
+                f"{run['steps_per_variant']} timed steps per variant, writer {run['writer']}; "
+                f"step {run['normal_step_ms']:.2f} ms"
+            )
         lines.append(
             f"**{wname}**: {w['model']} {w['size']} px batch {w['batch']} on {w['device']}"
             + (f", autocast {w['amp']}" if w["amp"] else "")
-            + f"; {run['steps_per_variant']} timed steps per variant, writer {run['writer']}; "
-            f"step {run['normal_step_ms']:.2f} ms"
+            + f"; {how}"
         )
         lines.append("")
         lines.append("| monitor | " + " | ".join(LABELS.values()) + " |")
         lines.append("|---|" + "---|" * len(LABELS))
         row = [
             f"{run[k]:.4f} {'PASS' if _met(k, run[k]) else 'MISS'} (target {op} {t})"
+            if k in run
+            else "n/a"
             for k, (op, t) in TARGETS.items()
         ]
         lines.append("| torch_featureviz FeatureMonitor | " + " | ".join(row) + " |")
         for peer, r in run["peers"].items():
-            name = PEERS[peer][0].name
-            lines.append(f"| {name} | " + " | ".join(f"{r[k]:.4f}" for k in TARGETS) + " |")
+            cells = [f"{r[k]:.4f}" if k in r else "n/a" for k in TARGETS]
+            lines.append(f"| {PEERS[peer][0].name} | " + " | ".join(cells) + " |")
         lines.append("")
         for peer, err in run.get("peer_errors", {}).items():
             lines.append(f"- {peer} could not run: {err}")
@@ -832,8 +860,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--model", default=None,
-        help="one workload: 'demo' or a torchvision model name (default: the demo at batch 64 "
-        "and 16)",
+        help="one workload: 'demo', 'tiny' or a torchvision model name (default: the demo at "
+        "batch 64 and 16)",
     )
     parser.add_argument("--batch", type=int, default=None, help="batch size of --model")
     parser.add_argument("--size", type=int, default=None, help="input size of --model (px)")
@@ -911,12 +939,28 @@ def main(argv: list[str] | None = None) -> int:
         save()
     for name, w in workloads.items():
         print(f"[bench_monitor] {name} ...", file=sys.stderr, flush=True)
+
+        def partial(r: dict[str, Any], name: str = name) -> None:
+            result["throughput"][name] = r
+            save()
+
         result["throughput"][name] = run_throughput(
-            workload=w, rounds=rounds, capture_samples=samples, peers=peers, charge_writer=charge
+            workload=w,
+            rounds=rounds,
+            capture_samples=samples,
+            peers=peers,
+            charge_writer=charge,
+            on_partial=partial,
         )
         save()
     result["targets_judged_on"] = next(iter(workloads))
-    result["hook_overhead"] = run_hook_overhead(repeats=6 if args.quick else 30)
+    first = next(iter(workloads.values()))
+    result["hook_overhead"] = run_hook_overhead(
+        repeats=6 if args.quick else 30,
+        calls=20 if first.model == "tiny" else 100,
+        model="demo" if first.model not in ("demo", "tiny") else first.model,
+        device=first.device,
+    )
     result["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["complete"] = True
     save()
