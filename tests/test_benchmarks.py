@@ -197,3 +197,29 @@ def test_gpu_check_dry_run_leaves_every_table(tmp_path):
         _positive(run[ratio], ratio)
         for peer in run["peers"].values():
             _positive(peer[ratio], ratio)
+
+
+@pytest.mark.slow
+def test_log_size_breakdown_adds_up(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_log_size_under_test", BENCH.parent / "bench_log_size.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "size.json"
+    args = ["--model", "resnet18", "--size", "64", "--batch", "2", "--json", str(out)]
+    assert bench.main(args) == 0
+    r = json.loads(out.read_text())
+    assert "MB" in capsys.readouterr().out
+    for capture in (r["first_capture"], r["later_capture"]):
+        assert sum(capture["by_kind"].values()) == capture["bytes"] > 0
+        assert capture["by_kind"]["framing"] >= 0
+        # Every conv gets its filters and maps logged at the defaults.
+        assert capture["values"]["filters"] == r["convs"] == 20
+        assert capture["by_kind"]["hook maps"] > 0 and capture["by_kind"]["probe maps"] > 0
+        assert capture["by_kind"]["scalars"] > 0
+    # What is on disk is the two captures' records, nothing unaccounted for.
+    assert r["log_dir_bytes_after_two_captures"] == (
+        r["first_capture"]["bytes"] + r["later_capture"]["bytes"]
+    )
