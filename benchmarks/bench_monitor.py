@@ -21,20 +21,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import functools
 import gc
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Variant, interleave  # noqa: E402  (the one timing harness of the benchmarks)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "monitor_cpu.json"
 
@@ -172,70 +179,320 @@ def _train_tiny(
 
 
 # -- throughput ----------------------------------------------------------------------------
-def _bench_model(seed: int = 0) -> nn.Module:
-    """A small ResNet-ish CNN (the demo's), big enough that a step is a few ms."""
-    from torch_featureviz.demo import build_demo_model
+#: The capture period the throughput target names (``every=100``).
+PERIOD = 100
+#: ``every`` of a monitor that never samples within a run.
+NEVER = 10**9
 
-    return build_demo_model(seed=seed)
+
+# A NamedTuple, not a dataclass: the tests load this file by path, unregistered in sys.modules,
+# where dataclasses cannot resolve postponed annotations.
+class Workload(NamedTuple):
+    """One training step to measure: a model, a batch, a device and a precision.
+
+    ``model`` is ``"demo"`` (the demo's small ResNet on 32 px images, 8 classes), ``"tiny"``
+    (a two-conv net with 4 classes, for dry runs of the script) or a torchvision model name
+    (random weights, ``classes`` outputs). ``amp="bf16"`` runs the forward and the loss under
+    ``torch.autocast(dtype=torch.bfloat16)``.
+    """
+
+    model: str = "demo"
+    batch: int = 64
+    size: int = 32
+    classes: int = 8
+    device: str = "cpu"
+    amp: str | None = None
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(0)
+        if self.model == "tiny":  # the soak's two-conv net: for dry runs of the script
+            return _tiny_model().to(self.device).train()
+        if self.model == "demo":
+            from torch_featureviz.demo import build_demo_model
+
+            model = build_demo_model(self.classes, seed=0)
+        else:
+            import torchvision
+
+            model = torchvision.models.get_model(self.model, weights=None, num_classes=self.classes)
+        return model.to(self.device).train()
+
+    def probe(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(1, 3, self.size, self.size, generator=g).to(self.device)
 
 
-class _Variant:
+def hook_free_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` that shares its parameters' and buffers' storage but none of its hooks.
+
+    Call it before anything registers hooks on ``model``. The twin's parameters are distinct
+    ``Parameter`` objects (so hooks on ``model``'s parameters do not fire for it, and it has its
+    own ``.grad``) viewing the same memory: a step of the twin trains ``model`` too, and the two
+    run on the very same tensors (separate model instances differ by about 0.5% in speed on
+    their own, which a ratio to a separate model would mistake for the monitor's cost).
+    """
+    twin = copy.deepcopy(model)
+    for mine, theirs in zip(model.modules(), twin.modules(), strict=True):
+        for name, p in mine.named_parameters(recurse=False):
+            setattr(theirs, name, nn.Parameter(p.detach(), requires_grad=p.requires_grad))
+        for name, b in mine.named_buffers(recurse=False):
+            setattr(theirs, name, b)
+    return twin
+
+
+class _Trainer:
+    """One model and its hook-free twin, each with its own optimizer, on a pool of batches."""
+
+    def __init__(self, workload: Workload, *, pool: int = 8) -> None:
+        self.w = workload
+        self.model = workload.build()
+        self.twin = hook_free_twin(self.model)
+        self.opts = {
+            False: torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9),
+            True: torch.optim.SGD(self.twin.parameters(), lr=0.01, momentum=0.9),
+        }
+        g = torch.Generator().manual_seed(1)
+        # A pool of random batches (the same for every variant), made once: a model that
+        # overfits one fixed batch drifts into denormal numbers, and making a batch per step
+        # would time the random number generator too.
+        self.batches = [
+            (
+                torch.randn(workload.batch, 3, workload.size, workload.size, generator=g).to(
+                    workload.device
+                ),
+                torch.randint(0, workload.classes, (workload.batch,), generator=g).to(
+                    workload.device
+                ),
+            )
+            for _ in range(pool)
+        ]
+        self.calls = 0
+
+    def step(self, *, twin: bool) -> None:
+        """One forward, backward and optimizer step of the model (or of its twin)."""
+        x, y = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        model = self.twin if twin else self.model
+        with torch.autocast(
+            torch.device(self.w.device).type, dtype=torch.bfloat16, enabled=self.w.amp == "bf16"
+        ):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt = self.opts[twin]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+# -- the monitors compared: this package's and the peers' ---------------------------------------
+class _Subject:
+    """A monitor attached to a trainer's model, capturing every ``every`` steps.
+
+    ``after_step`` is what the user's loop calls after ``optimizer.step()``; ``baseline_step``
+    what the same loop does without this monitor (the twin's steps call it); ``settle`` waits
+    (untimed) for background work; ``close`` detaches and returns extra figures.
+    """
+
+    name = ""
+
+    def __init__(self, trainer: _Trainer, log_dir: str, every: int) -> None:
+        self.trainer, self.every, self.calls = trainer, every, 0
+
+    def after_step(self) -> None:
+        self.calls += 1
+
+    def baseline_step(self) -> None:
+        return None
+
+    def settle(self) -> None:
+        return None
+
+    def close(self) -> dict[str, Any]:
+        return {}
+
+
+class _FeatureViz(_Subject):
+    """torch_featureviz's ``FeatureMonitor`` with a probe, at its defaults otherwise.
+
+    ``charge_writer=True``: a capturing step waits for the background writer, so its writing is
+    charged to it in full, as if done on the training thread (an upper bound). ``False``: the
+    writer overlaps training, as in real use, and is waited for (untimed) between periods.
+    """
+
+    name = "featureviz"
+
     def __init__(
-        self, name: str, every: int | None, log_dir: str, batch: int, *, start_step: int = 0
+        self, trainer: _Trainer, log_dir: str, every: int, *, charge_writer: bool = True
     ) -> None:
+        super().__init__(trainer, log_dir, every)
         from torch_featureviz import FeatureMonitor
 
-        self.name = name
-        self.model = _bench_model()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        g = torch.Generator().manual_seed(0)
-        # A fresh random batch every step (the same stream for every variant): a model that
-        # overfits one fixed batch drifts into denormal numbers and slows down over the run.
-        self.g = torch.Generator().manual_seed(1)
-        self.batch = batch
-        self.monitor = None
-        if every is not None:
-            probe = torch.randn(1, 3, 32, 32, generator=g)
-            self.monitor = FeatureMonitor(
-                self.model,
-                os.path.join(log_dir, name),
-                every=every,
-                probe=probe,
-                start_step=start_step,
-            )
+        self.charge_writer = charge_writer
+        # start_step=1 for a monitor that never samples: it does not capture step 0 either.
+        self.monitor = FeatureMonitor(
+            trainer.model,
+            log_dir,
+            every=every,
+            probe=trainer.w.probe(),
+            start_step=1 if every >= NEVER else 0,
+        )
 
-    def train_step(self) -> None:
-        x = torch.randn(self.batch, 3, 32, 32, generator=self.g)
-        y = torch.randint(0, 8, (self.batch,), generator=self.g)
-        loss = nn.functional.cross_entropy(self.model(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-
-    def run(self, steps: int) -> float:
-        """Seconds for ``steps`` steps, each as timed by :meth:`timed_step`."""
-        return sum(self.timed_step() for _ in range(steps))
-
-    def timed_step(self, *, attached: bool = True) -> float:
-        """Seconds for one training step and ``monitor.step()``.
-
-        ``attached=False`` times the same model with the monitor's hooks removed and no
-        ``monitor.step()``: a step with no monitor, on the very same tensors (separate model
-        instances differ by about 0.5% in speed on their own). On a capturing step the time
-        includes waiting for the background writer to finish it: the writing is charged to the
-        step that caused it, in full, as if it ran on the training thread.
-        """
-        cap = None if self.monitor is None else self.monitor._capture
-        if cap is not None and cap.attached != attached:  # outside the timing
-            if attached:
-                cap.attach()
-            else:
-                cap.remove()
-        start = time.perf_counter()
-        self.train_step()
-        if attached and self.monitor is not None and self.monitor.step():
+    def after_step(self) -> None:
+        super().after_step()
+        if self.monitor.step() and self.charge_writer:
             self.monitor.flush()
-        return time.perf_counter() - start
+
+    def settle(self) -> None:
+        self.monitor.flush(timeout=120)
+
+    def close(self) -> dict[str, Any]:
+        self.monitor.close()
+        return {"dropped": self.monitor.dropped, "captured": self.monitor.captured}
+
+
+class _HandWritten(_Subject):
+    """The monitor users write today, on the training thread.
+
+    A forward hook per conv keeps ``output.detach()`` on every forward; every ``every`` steps
+    the loop logs, per conv, ``make_grid`` of sample 0's first 16 channels with
+    ``SummaryWriter.add_image``, and ``add_histogram`` of the activation and of the weights.
+    """
+
+    name = "hand-written hooks + make_grid + add_image + add_histogram"
+    channels = 16
+
+    def __init__(self, trainer: _Trainer, log_dir: str, every: int) -> None:
+        super().__init__(trainer, log_dir, every)
+        from torch.utils.tensorboard import SummaryWriter
+
+        from torch_featureviz import find_conv_layers
+
+        self.writer = SummaryWriter(log_dir)
+        self.acts: dict[str, torch.Tensor] = {}
+        self.convs = find_conv_layers(trainer.model)
+        self.handles = [
+            m.register_forward_hook(functools.partial(self._hook, n)) for n, m in self.convs.items()
+        ]
+
+    def _hook(self, name: str, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.acts[name] = output.detach()
+
+    def after_step(self) -> None:
+        from torchvision.utils import make_grid
+
+        step = self.calls
+        super().after_step()
+        if step % self.every:
+            return
+        for name, act in self.acts.items():
+            maps = act[0, : self.channels].float().unsqueeze(1)
+            grid = make_grid(maps, nrow=4, normalize=True, scale_each=True)
+            self.writer.add_image(f"feature_maps/{name}", grid, step)
+            self.writer.add_histogram(f"activations/{name}", act.float(), step)
+            self.writer.add_histogram(f"weights/{name}", self.convs[name].weight.detach(), step)
+
+    def settle(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> dict[str, Any]:
+        for h in self.handles:
+            h.remove()
+        self.writer.close()
+        return {}
+
+
+class _WandbWatch(_Subject):
+    """``wandb.watch(model, log="all", log_freq=every)``, offline, into ``log_dir``.
+
+    wandb's hooks log into the global run, so every watched model shares one offline run
+    (started by the first, finished by :func:`_finish_wandb`). The loop calls ``wandb.log``
+    every ``every`` steps, with and without the watch (the twin's steps do too), so the ratios
+    are the watch's alone.
+    """
+
+    name = 'wandb.watch(log="all"), offline'
+
+    def __init__(self, trainer: _Trainer, log_dir: str, every: int) -> None:
+        super().__init__(trainer, log_dir, every)
+        import wandb
+
+        self.wandb = wandb
+        if wandb.run is None:
+            os.environ["WANDB_MODE"] = "offline"
+            os.environ["WANDB_SILENT"] = "true"
+            os.makedirs(log_dir, exist_ok=True)
+            wandb.init(mode="offline", dir=log_dir, project="featureviz-bench")
+        wandb.watch(trainer.model, log="all", log_freq=min(every, 2**31 - 1))
+        self.base_calls = 0
+
+    def _log(self, step: int) -> None:
+        if step % self.every == 0:
+            self.wandb.log({"step": step})
+
+    def after_step(self) -> None:
+        step = self.calls
+        super().after_step()
+        self._log(step)
+
+    def baseline_step(self) -> None:
+        step = self.base_calls
+        self.base_calls += 1
+        self._log(step)
+
+    def close(self) -> dict[str, Any]:
+        self.wandb.unwatch(self.trainer.model)
+        return {}
+
+
+def _finish_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except Exception:  # a peer that fails to import is simply absent
+        return False
+    return True
+
+
+#: Peers measured beside the package when installed (see benchmarks/requirements-peers.txt).
+PEERS: dict[str, tuple[type[_Subject], str | None]] = {
+    "handwritten": (_HandWritten, None),
+    "wandb": (_WandbWatch, "wandb"),
+}
+#: Peers that cannot share this loop: why they are not measured.
+NOT_MEASURED = {
+    "fastai ActivationStats": "a fastai Learner callback: it runs only inside fastai's own "
+    "training loop (fastai 2.8 installs beside torch 2.14)",
+    "Composer ActivationMonitor": "a Composer Trainer callback; mosaicml 0.32 requires "
+    "torch < 2.7.1, so it does not install beside torch 2.14",
+    "Lightning-Bolts ModuleDataMonitor": "a Lightning Trainer callback; lightning-bolts 0.7 "
+    "pulls pytorch-lightning 1.9.5, not lightning 2.x",
+}
+
+
+def available_peers(wanted: str) -> tuple[list[str], dict[str, str]]:
+    """The peers to measure for ``--peers`` (``auto``, ``none`` or a comma list), and why others
+    are skipped."""
+    names = list(PEERS) if wanted == "auto" else [] if wanted == "none" else wanted.split(",")
+    chosen, skipped = [], {}
+    for n in names:
+        if n not in PEERS:
+            raise ValueError(f"unknown peer {n!r}; choose from {', '.join(PEERS)}, auto or none")
+        module = PEERS[n][1]
+        if module is not None and not _importable(module):
+            skipped[n] = f"{module} is not installed"
+        else:
+            chosen.append(n)
+    return chosen, skipped
+
+
+def _make(name: str, trainer: _Trainer, log_dir: str, every: int, charge_writer: bool) -> _Subject:
+    if name == "featureviz":
+        return _FeatureViz(trainer, log_dir, every, charge_writer=charge_writer)
+    return PEERS[name][0](trainer, log_dir, every)
 
 
 @contextlib.contextmanager
@@ -250,234 +507,496 @@ def _flushing_denormals() -> Iterator[None]:
         torch.set_flush_denormal(was_on)
 
 
-#: The capture period the throughput target names (``every=100``).
-PERIOD = 100
+def _kinds(subject: _Subject, label: str) -> list[Variant]:
+    """The subject's attached step and its twin's step, as two timed variants."""
+    trainer = subject.trainer
+
+    def attached() -> None:
+        trainer.step(twin=False)
+        subject.after_step()
+
+    def bare() -> None:
+        trainer.step(twin=True)
+        subject.baseline_step()
+
+    return [Variant(f"none ({label}'s model)", bare), Variant(label, attached)]
 
 
-def run_throughput(*, batch: int, rounds: int = 8, capture_samples: int = 40) -> dict[str, Any]:
+def _ratios(
+    steps: dict[str, list[float]], labels: dict[str, str], period: int
+) -> dict[str, Any]:
+    """Throughput ratios (total none time / total monitored time) and per-period ratios."""
+    out: dict[str, Any] = {"block_ratios": {}}
+    for label, key in labels.items():
+        ref, var = steps[f"none ({label}'s model)"], steps[label]
+        out[key] = round(sum(ref) / sum(var), 4)
+        out["block_ratios"][label] = [
+            round(sum(ref[i : i + period]) / sum(var[i : i + period]), 4)
+            for i in range(0, len(var), period)
+        ]
+    return out
+
+
+def run_throughput(
+    *,
+    batch: int | None = None,
+    rounds: int = 8,
+    capture_samples: int = 40,
+    workload: Workload | None = None,
+    peers: Sequence[str] = (),
+    charge_writer: bool = True,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Seconds per step of each variant, interleaved step by step; and the capturing step alone.
 
-    Two models, each with a monitor: ``unsampled`` (``every`` never reached) and ``every100``.
-    Each is timed against itself with the monitor's hooks removed and no ``monitor.step()``
-    (``none``), so a ratio never compares two model instances. The four kinds of step take turns
-    one step at a time, in a rotating order, for ``rounds`` capture periods of ``PERIOD`` steps,
-    so whatever the machine does over seconds (other processes, clock changes) falls on all of
-    them alike: whole periods measured one after another differed by up to 10% between
-    identical variants on this machine. To keep the background writer's work from landing on
-    other steps, ``every100`` waits for it at the end of each capturing step: its writing is
-    charged to it in full, as if done on the training thread (an upper bound; overlapped with
-    training on spare cores it costs less). Ratios compare total times; ``block_ratios`` gives
-    each period's. The capturing step is compared with a normal step of the same model in
-    adjacent pairs; the ratio is the median over pairs.
+    For this package and each peer, two models, each with its monitor: ``unsampled`` (``every``
+    never reached) and ``every100``. Each is timed against its hook-free twin (same tensors,
+    no hooks, see :func:`hook_free_twin`): ``none``. Every kind of step takes turns one step at
+    a time (:func:`_timing.interleave`), in a rotating order, for ``rounds`` capture periods of
+    ``PERIOD`` steps, so whatever the machine does over seconds falls on all of them alike.
+    Ratios compare total times; ``block_ratios`` gives each period's. The capturing step: a
+    third model whose monitor captures every step, against its twin, in adjacent pairs (the
+    writer settled between pairs, as between sparse captures); the ratio is the median over
+    pairs. ``on_partial`` receives the throughput ratios as soon as they are measured (before
+    the capturing steps), so a run stopped by a time limit still leaves them.
     """
+    if workload is None:
+        workload = Workload(batch=64 if batch is None else batch)
+    elif batch is not None:
+        raise ValueError("give batch or workload, not both")
+    device = workload.device
     torch.manual_seed(0)
     period, every_name = PERIOD, f"every{PERIOD}"
+    subjects = ["featureviz", *peers]
+    labels = {
+        "unsampled": "throughput_unsampled_vs_none",
+        every_name: "throughput_every100_vs_none",
+    }
+    errors: dict[str, str] = {}
     with _flushing_denormals(), tempfile.TemporaryDirectory(prefix="featureviz-bench-") as d:
-        # start_step=1: the never-sampling monitor does not capture step 0 either.
-        unsampled = _Variant("unsampled", 10**9, d, batch, start_step=1)
-        every = _Variant(every_name, period, d, batch)
-        kinds: dict[str, tuple[_Variant, bool]] = {
-            "none (unsampled's model)": (unsampled, False),
-            "unsampled": (unsampled, True),
-            f"none ({every_name}'s model)": (every, False),
-            every_name: (every, True),
+        made: dict[str, dict[str, _Subject]] = {}
+        variants: list[Variant] = []
+        for s in subjects:
+            mine: list[Variant] = []
+            try:
+                made[s] = {
+                    "unsampled": _make(s, _Trainer(workload), f"{d}/{s}-u", NEVER, charge_writer),
+                    every_name: _make(s, _Trainer(workload), f"{d}/{s}-e", period, charge_writer),
+                }
+                for label, sub in made[s].items():
+                    mine += _kinds(sub, label if s == "featureviz" else f"{s}:{label}")
+                # Warm-up (allocator, first capture, cuDNN's choice of algorithms): a monitored
+                # model a period less the one call interleave makes, so its timed steps start a
+                # period; its twin (the same tensors) a few steps.
+                for v in mine:
+                    for _ in range(3 if v.name.startswith("none (") else period - 1):
+                        v.run()
+            except Exception as e:  # a peer that cannot run is reported, not fatal
+                if s == "featureviz":
+                    raise
+                errors[s] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+                for sub in made.pop(s, {}).values():
+                    with contextlib.suppress(Exception):
+                        sub.close()
+                continue
+            variants += mine
+        settle = [sub for subs in made.values() for sub in subs.values()]
+
+        def on_round(r: int) -> None:
+            if not charge_writer and r % period == 0:
+                for sub in settle:
+                    sub.settle()
+
+        steps = interleave(
+            variants,
+            device=device,
+            rounds=rounds * period,
+            warmup=1,
+            always=[v.name for v in variants],
+            errors=errors,
+            gc_every=period,
+            on_round=on_round,
+        )
+
+        if on_partial is not None:
+            on_partial(
+                {
+                    "workload": workload._asdict(),
+                    "partial": True,
+                    **_ratios(steps, labels, period),
+                    "peers": {
+                        s: _ratios(steps, {f"{s}:{k}": v for k, v in labels.items()}, period)
+                        for s in made
+                        if s != "featureviz" and all(f"{s}:{k}" in steps for k in labels)
+                    },
+                }
+            )
+        # The capturing step alone: a monitor capturing every step against its twin.
+        capture: dict[str, dict[str, Any]] = {}
+        for s in made:
+            try:
+                sub = _make(s, _Trainer(workload), f"{d}/{s}-c", 1, charge_writer)
+            except Exception as e:
+                errors[s] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+                continue
+            try:
+                trainer = sub.trainer
+
+                def normal(trainer: _Trainer = trainer, sub: _Subject = sub) -> None:
+                    trainer.step(twin=True)
+                    sub.baseline_step()
+
+                def capturing(trainer: _Trainer = trainer, sub: _Subject = sub) -> None:
+                    trainer.step(twin=False)
+                    sub.after_step()
+
+                pair = [
+                    Variant("normal", normal, sub.settle),
+                    Variant("capture", capturing, sub.settle, sub.settle),
+                ]
+                for v in pair:
+                    for _ in range(2):
+                        v.setup()
+                        v.run()
+                        v.teardown()
+                t = interleave(
+                    pair,
+                    device=device,
+                    rounds=capture_samples,
+                    always=("normal", "capture"),
+                    gc_every=None,
+                )
+                ratios = [c / n for c, n in zip(t["capture"], t["normal"], strict=True)]
+                capture[s] = {
+                    "capture_step_ms": round(statistics.median(t["capture"]) * 1000, 3),
+                    "normal_step_ms": round(statistics.median(t["normal"]) * 1000, 3),
+                    "capture_step_vs_normal": round(statistics.median(ratios), 4),
+                    "capture_step_vs_normal_quartiles": [
+                        round(q, 4) for q in statistics.quantiles(ratios, n=4)
+                    ]
+                    if len(ratios) > 1
+                    else [ratios[0]] * 3,
+                }
+            except Exception as e:
+                if s == "featureviz":
+                    raise
+                errors[s] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+            finally:
+                sub.close()
+        extras = {s: {lb: sub.close() for lb, sub in subs.items()} for s, subs in made.items()}
+        _finish_wandb()  # before its temporary directory goes
+
+    def result_of(s: str) -> dict[str, Any]:
+        prefix = "" if s == "featureviz" else f"{s}:"
+        sl = {prefix + label: key for label, key in labels.items()}
+        names = [n for label in sl for n in (f"none ({label}'s model)", label)]
+        r: dict[str, Any] = {
+            "mean_step_ms": {
+                n.replace(prefix, ""): round(statistics.fmean(steps[n]) * 1000, 3) for n in names
+            },
+            **_ratios(steps, sl, period),
+            **capture[s],
         }
-        for v in (unsampled, every):  # warm-up: one period each (allocator, first capture)
-            v.run(period)
-        steps: dict[str, list[float]] = {k: [] for k in kinds}
-        order = list(kinds.items())
-        for i in range(rounds * period):
-            k = i % len(order)
-            for name, (v, attached) in order[k:] + order[:k]:
-                steps[name].append(v.timed_step(attached=attached))
+        r["block_ratios"] = {k.replace(prefix, ""): v for k, v in r["block_ratios"].items()}
+        return r
 
-        # The capturing step alone, on the training thread, against a normal step of the same
-        # model (alternating, so both see the same machine state).
-        cap = _Variant("capture", 1, d, batch)
-        assert cap.monitor is not None
-        cap.run(3)
-        normal: list[float] = []
-        capturing: list[float] = []
-        for i in range(capture_samples):
-            cap.monitor.flush(timeout=30)  # the writer idle, as it is between sparse captures
-            # Alternate which of the pair runs first, so drift in machine load cancels out.
-            for kind in ("normal", "capture") if i % 2 == 0 else ("capture", "normal"):
-                if kind == "normal":
-                    cap.monitor._capture.enabled = False  # type: ignore[union-attr]
-                    t0 = time.perf_counter()
-                    cap.train_step()
-                    normal.append(time.perf_counter() - t0)
-                else:
-                    cap.monitor.prepare(0)  # arm: this step is sampled
-                    t0 = time.perf_counter()
-                    cap.train_step()
-                    cap.monitor.step(0)
-                    capturing.append(time.perf_counter() - t0)
-                    cap.monitor.flush(timeout=30)
-        for v in (unsampled, every, cap):
-            assert v.monitor is not None
-            v.monitor.close()
-        dropped = {v.name: v.monitor.dropped for v in (unsampled, every)}  # type: ignore[union-attr]
-
-    total = {k: sum(v) for k, v in steps.items()}
-    mean = {k: t / len(steps[k]) for k, t in total.items()}
-    base = {"unsampled": "none (unsampled's model)", every_name: f"none ({every_name}'s model)"}
-
-    def blocks(name: str) -> list[float]:
-        ref, var = steps[base[name]], steps[name]
-        return [
-            sum(ref[i : i + period]) / sum(var[i : i + period])
-            for i in range(0, rounds * period, period)
-        ]
-
-    pair_ratios = [c / n for c, n in zip(capturing, normal, strict=True)]
+    ours = result_of("featureviz")
+    peers_out = {}
+    for s in made:
+        if s != "featureviz":
+            try:
+                peers_out[s] = result_of(s)
+            except KeyError:  # one of its variants failed: its error is in `errors`
+                errors.setdefault(s, "a variant failed; see the errors of its variants")
     return {
-        "batch": batch,
+        "workload": workload._asdict(),
+        "batch": workload.batch,
         "period_steps": period,
-        "steps_per_variant": period * rounds,
+        "steps_per_variant": len(steps[every_name]),
         "captures": rounds,
-        "mean_step_ms": {k: round(v * 1000, 3) for k, v in mean.items()},
-        "throughput_every100_vs_none": round(total[base[every_name]] / total[every_name], 4),
-        "throughput_unsampled_vs_none": round(total[base["unsampled"]] / total["unsampled"], 4),
-        "block_ratios": {k: [round(x, 4) for x in blocks(k)] for k in base},
-        "capture_step_ms": round(statistics.median(capturing) * 1000, 3),
-        "normal_step_ms": round(statistics.median(normal) * 1000, 3),
-        "capture_step_vs_normal": round(statistics.median(pair_ratios), 4),
-        "capture_step_vs_normal_quartiles": [
-            round(q, 4) for q in statistics.quantiles(pair_ratios, n=4)
-        ],
-        "dropped": dropped,
+        "writer": "charged to the capturing step" if charge_writer else "overlapped",
+        **ours,
+        "dropped": {label: extras["featureviz"][label].get("dropped") for label in labels},
+        "peers": peers_out,
+        "peer_errors": errors,
     }
 
 
-def run_hook_overhead(*, calls: int = 100, repeats: int = 30) -> dict[str, float]:
+def run_hook_overhead(
+    *, calls: int = 100, repeats: int = 30, model: str = "demo", device: str = "cpu"
+) -> dict[str, float]:
     """Cost of the gated-off hooks alone: a tiny forward with a monitor attached but not sampling,
-    against the same model with no hooks, alternating (noise-free where whole steps are not).
+    against its hook-free twin (same tensors), alternating (noise-free where whole steps are
+    not).
     """
     from torch_featureviz import FeatureMonitor
 
-    model = _bench_model().eval()
-    x = torch.randn(1, 3, 8, 8)
+    trainer = _Trainer(Workload(model=model, batch=1, size=8, device=device), pool=1)
+    model, twin = trainer.model.eval(), trainer.twin.eval()
+    x = trainer.batches[0][0]
     with tempfile.TemporaryDirectory(prefix="featureviz-hooks-") as d:
-        monitor = FeatureMonitor(model, d, every=10**9, start_step=1)
-        cap = monitor._capture
-        assert cap is not None and not cap.enabled
-        cap.remove()  # toggled below: attached (gated off) vs no hooks at all
+        monitor = FeatureMonitor(model, d, every=NEVER, start_step=1)
 
-        def forward_us() -> float:
-            start = time.perf_counter()
-            with torch.no_grad():
-                for _ in range(calls):
-                    model(x)
-            return (time.perf_counter() - start) / calls * 1e6
+        def forwards(m: nn.Module) -> Callable[[], None]:
+            def run() -> None:
+                with torch.no_grad():
+                    for _ in range(calls):
+                        m(x)
 
-        forward_us()
-        hooked: list[float] = []
-        bare: list[float] = []
-        for i in range(repeats):
-            for attached in (True, False) if i % 2 == 0 else (False, True):
-                if attached:
-                    cap.attach()
-                    hooked.append(forward_us())
-                    cap.remove()
-                else:
-                    bare.append(forward_us())
-        cap.attach()
+            return run
+
+        t = interleave(
+            [Variant("hooked", forwards(model)), Variant("bare", forwards(twin))],
+            device=device,
+            rounds=repeats,
+            always=("hooked", "bare"),
+            gc_every=None,
+        )
+        layers = len(monitor.layers)
         monitor.close()
+    hooked = statistics.median(t["hooked"]) / calls * 1e6
+    bare = statistics.median(t["bare"]) / calls * 1e6
     return {
-        "hooked_layers": len(cap.layers),
-        "forward_us_hooks_gated_off": round(statistics.median(hooked), 1),
-        "forward_us_no_hooks": round(statistics.median(bare), 1),
-        "overhead_us_per_forward": round(statistics.median(hooked) - statistics.median(bare), 1),
+        "hooked_layers": layers,
+        "forward_us_hooks_gated_off": round(hooked, 1),
+        "forward_us_no_hooks": round(bare, 1),
+        "overhead_us_per_forward": round(hooked - bare, 1),
     }
 
 
 #: The workloads: the demo's own training configuration (``featureviz demo``: batch 64 of
 #: 32x32 images), which the targets are judged on, and the same model at batch 16, a step a
 #: quarter the size, where the capture's fixed costs (the probe's batch-1 forward, a few ops
-#: per conv) weigh four times as much.
+#: per conv) weigh four times as much. ``--model``/``--batch``/... measure one workload instead.
 WORKLOADS = {"demo (batch 64)": 64, "small steps (batch 16)": 16}
 
+#: The monitor's targets (issue 12 and 15).
 TARGETS = {
-    "throughput_every100_vs_none": (">=", 0.99),
-    "throughput_unsampled_vs_none": (">=", 0.995),
+    "throughput_every100_vs_none": (">=", 0.995),
+    "throughput_unsampled_vs_none": (">=", 0.999),
     "capture_step_vs_normal": ("<=", 1.2),
+}
+LABELS = {
+    "throughput_every100_vs_none": "throughput at every=100",
+    "throughput_unsampled_vs_none": "unsampled steps",
+    "capture_step_vs_normal": "capturing step",
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON path")
-    args = parser.parse_args(argv)
-    if args.quick:
-        runs = {"small steps (batch 8)": run_throughput(batch=8, rounds=2, capture_samples=6)}
-        hooks = run_hook_overhead(repeats=6)
-        soak = run_soak(300)
-    else:
-        runs = {name: run_throughput(batch=batch) for name, batch in WORKLOADS.items()}
-        hooks = run_hook_overhead()
-        soak = run_soak(3000)
+def _met(key: str, value: float) -> bool:
+    op, target = TARGETS[key]
+    return value >= target if op == ">=" else value <= target
 
-    print(f"FeatureMonitor on CPU ({torch.get_num_threads()} threads, torch {torch.__version__})")
-    names = list(runs)
-    width = max(24, *(len(n) + 2 for n in names))
-    print(f"{'ms per step (mean)':<30}" + "".join(f"{n:>{width}}" for n in names))
-    for k in next(iter(runs.values()))["mean_step_ms"]:
-        print(f"{k:<30}" + "".join(f"{r['mean_step_ms'][k]:>{width}.3f}" for r in runs.values()))
-    for key, label in (
-        ("capture_step_ms", "capturing step (median)"),
-        ("normal_step_ms", "normal step (median)"),
-    ):
-        print(f"{label:<30}" + "".join(f"{r[key]:>{width}.3f}" for r in runs.values()))
-    print()
-    print(f"{'ratio':<30}" + "".join(f"{n:>{width}}" for n in names) + f"{'target':>10}")
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown: per workload, the three ratios of this package (with its targets) and peers."""
+    lines = []
+    m = result["machine"]
+    lines.append(
+        f"FeatureMonitor vs peers on {m['device']} ({m.get('gpu') or m['platform']}; "
+        f"{m['torch_threads']} torch threads, torch {m['torch']})"
+        + ("; quick" if result["quick"] else "")
+    )
+    lines.append("")
+    for wname, run in result["throughput"].items():
+        w = run["workload"]
+        if run.get("partial"):
+            how = "stopped before the capturing steps: throughput only"
+        else:
+            how = (
+                f"{run['steps_per_variant']} timed steps per variant, writer {run['writer']}; "
+                f"step {run['normal_step_ms']:.2f} ms"
+            )
+        lines.append(
+            f"**{wname}**: {w['model']} {w['size']} px batch {w['batch']} on {w['device']}"
+            + (f", autocast {w['amp']}" if w["amp"] else "")
+            + f"; {how}"
+        )
+        lines.append("")
+        lines.append("| monitor | " + " | ".join(LABELS.values()) + " |")
+        lines.append("|---|" + "---|" * len(LABELS))
+        row = [
+            f"{run[k]:.4f} {'PASS' if _met(k, run[k]) else 'MISS'} (target {op} {t})"
+            if k in run
+            else "n/a"
+            for k, (op, t) in TARGETS.items()
+        ]
+        lines.append("| torch_featureviz FeatureMonitor | " + " | ".join(row) + " |")
+        for peer, r in run["peers"].items():
+            cells = [f"{r[k]:.4f}" if k in r else "n/a" for k in TARGETS]
+            lines.append(f"| {PEERS[peer][0].name} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for peer, err in run.get("peer_errors", {}).items():
+            lines.append(f"- {peer} could not run: {err}")
+    for peer, why in result.get("peers_skipped", {}).items():
+        lines.append(f"- {peer}: not measured ({why})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench_monitor", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser.add_argument(
+        "--out", "--json", dest="out", type=Path, default=None,
+        help="JSON path (default benchmarks/results/monitor_<device>.json)",
+    )
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--model", default=None,
+        help="one workload: 'demo', 'tiny' or a torchvision model name (default: the demo at "
+        "batch 64 and 16)",
+    )
+    parser.add_argument("--batch", type=int, default=None, help="batch size of --model")
+    parser.add_argument("--size", type=int, default=None, help="input size of --model (px)")
+    parser.add_argument("--classes", type=int, default=8, help="outputs of --model")
+    parser.add_argument("--amp", choices=("bf16",), default=None, help="autocast the forward")
+    parser.add_argument("--rounds", type=int, default=None, help="capture periods timed")
+    parser.add_argument("--capture-samples", type=int, default=None, help="capturing-step pairs")
+    parser.add_argument(
+        "--peers", default=None,
+        help=f"auto (every installed peer), none, or a comma list of {', '.join(PEERS)} "
+        "(default: auto; none with --quick)",
+    )
+    parser.add_argument(
+        "--writer", choices=("charged", "overlap"), default="charged",
+        help="charged: a capturing step waits for the background writer (an upper bound); "
+        "overlap: the writer runs beside training, as in real use",
+    )
+    parser.add_argument("--no-soak", action="store_true", help="skip the leak soak")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench_monitor: error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    for name in ("batch", "size", "rounds", "capture_samples", "classes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"bench_monitor: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        peers, skipped = available_peers(args.peers or ("none" if args.quick else "auto"))
+    except ValueError as e:
+        print(f"bench_monitor: error: {e}", file=sys.stderr)
+        return 2
+    skipped.update(NOT_MEASURED)
+    rounds = args.rounds or (2 if args.quick else 8)
+    samples = args.capture_samples or (6 if args.quick else 40)
+    charge = args.writer == "charged"
+    if args.model is not None or args.device != "cpu" or args.amp:
+        w = Workload(
+            model=args.model or "demo",
+            batch=args.batch or (8 if args.quick else 64),
+            size=args.size or (32 if (args.model or "demo") == "demo" else 224),
+            classes=args.classes,
+            device=args.device,
+            amp=args.amp,
+        )
+        workloads = {f"{w.model} (batch {w.batch})": w}
+    elif args.quick:
+        workloads = {"small steps (batch 8)": Workload(batch=args.batch or 8)}
+    else:
+        workloads = {name: Workload(batch=b) for name, b in WORKLOADS.items()}
+    out = args.out or RESULTS.with_name(f"monitor_{args.device}.json")
+    result: dict[str, Any] = {
+        "machine": machine_info(args.device),
+        "quick": args.quick,
+        "targets": {k: f"{op} {t}" for k, (op, t) in TARGETS.items()},
+        "peers_skipped": skipped,
+        "throughput": {},
+        "complete": False,
+    }
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        if args.markdown:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(format_table(result) + "\n")
+
+    # The soak first: the peers' own threads (wandb's) must not count as the soak's.
+    if not args.no_soak:
+        result["soak"] = run_soak(300 if args.quick else 3000)
+        save()
+    for name, w in workloads.items():
+        print(f"[bench_monitor] {name} ...", file=sys.stderr, flush=True)
+
+        def partial(r: dict[str, Any], name: str = name) -> None:
+            result["throughput"][name] = r
+            save()
+
+        result["throughput"][name] = run_throughput(
+            workload=w,
+            rounds=rounds,
+            capture_samples=samples,
+            peers=peers,
+            charge_writer=charge,
+            on_partial=partial,
+        )
+        save()
+    result["targets_judged_on"] = next(iter(workloads))
+    first = next(iter(workloads.values()))
+    result["hook_overhead"] = run_hook_overhead(
+        repeats=6 if args.quick else 30,
+        calls=20 if first.model == "tiny" else 100,
+        model="demo" if first.model not in ("demo", "tiny") else first.model,
+        device=first.device,
+    )
+    result["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    result["complete"] = True
+    save()
+
+    print(format_table(result))
+    names = list(result["throughput"])
+    print(f"{'ratio':<30}" + "".join(f"{n:>26}" for n in names) + f"{'target':>10}")
     for k, (op, target) in TARGETS.items():
-        cells = ""
-        for r in runs.values():
-            value = r[k]
-            ok = value >= target if op == ">=" else value <= target
-            cells += f"{f'{value:.4f} ' + ('ok' if ok else 'MISSED'):>{width}}"
+        cells = "".join(
+            f"{f'{r[k]:.4f} ' + ('PASS' if _met(k, r[k]) else 'MISS'):>26}"
+            for r in result["throughput"].values()
+        )
         print(f"{k:<30}{cells}{op + str(target):>10}")
-    print()
-    first = next(iter(runs.values()))
+    hooks = result["hook_overhead"]
+    first = next(iter(result["throughput"].values()))
     per_step = hooks["overhead_us_per_forward"] / (first["normal_step_ms"] * 1000)
     print(
         f"gated-off hooks ({hooks['hooked_layers']} layers): "
         f"{hooks['overhead_us_per_forward']} us per forward "
         f"({hooks['forward_us_no_hooks']} -> {hooks['forward_us_hooks_gated_off']} us on a tiny "
-        f"input), {per_step:.2%} of a mean training step of {names[0]}"
+        f"input), {per_step:.2%} of a normal training step of {names[0]}"
     )
-    print(
-        f"soak: {soak['steps']} steps, capture every {soak['every']} "
-        f"({soak['dropped']} dropped), {soak['seconds']} s; "
-        f"RSS {soak['rss_before_mb']} -> {soak['rss_after_mb']} MB "
-        f"(drift {soak['rss_drift_mb']} MB, second half {soak['rss_drift_second_half_mb']} MB); "
-        f"threads {soak['threads_before']} -> {soak['threads_after']}; "
-        f"open files {soak['open_files_before']} -> {soak['open_files_after']}"
-    )
+    soak = result.get("soak")
+    if soak:
+        print(
+            f"soak: {soak['steps']} steps, capture every {soak['every']} "
+            f"({soak['dropped']} dropped), {soak['seconds']} s; "
+            f"RSS {soak['rss_before_mb']} -> {soak['rss_after_mb']} MB "
+            f"(drift {soak['rss_drift_mb']} MB, second half "
+            f"{soak['rss_drift_second_half_mb']} MB); "
+            f"threads {soak['threads_before']} -> {soak['threads_after']}; "
+            f"open files {soak['open_files_before']} -> {soak['open_files_after']}"
+        )
     load = os.getloadavg()
     print(f"load average (1, 5, 15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    result = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            # Other processes' load skews every ratio; read the figures with it in mind.
-            "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        },
-        "quick": args.quick,
-        "targets_judged_on": names[0],
-        "throughput": runs,
-        "hook_overhead": hooks,
-        "targets": {k: f"{op} {t}" for k, (op, t) in TARGETS.items()},
-        "soak": soak,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

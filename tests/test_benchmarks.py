@@ -62,7 +62,8 @@ def test_every_case_figure_is_finite_and_positive(quick_run):
         _positive(case["convs"], f"{where} convs")
         variants = case["variants"]
         # The package's own modes and the required peers are always measured.
-        for name in ("bare", "hook", "hook_all", "chain", "fx", "naive"):
+        required = ("bare", "hook", "hook_fresh", "hook_all", "naive_clone", "chain", "fx", "naive")
+        for name in required:
             assert name in variants, f"{where}: {name} missing ({case['errors']})"
         assert variants["bare"]["ratio_to_bare"] == pytest.approx(1.0)
         for name, v in variants.items():
@@ -157,3 +158,68 @@ def test_fast_event_records_read_back_with_checksums(tmp_path):
             reader.GetNext()
             records += 1
     assert records == 2  # file version + one event holding both images (one record per call)
+
+
+# -- the prepared GPU check (benchmarks/gpu_check.sh) cannot rot between GPU runs ---------------
+@pytest.mark.slow
+def test_gpu_check_dry_run_leaves_every_table(tmp_path):
+    import subprocess
+    import sys
+
+    root = BENCH.parents[1]
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_RESULTS=str(tmp_path), OUT="")
+    proc = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = {p.name for p in tmp_path.iterdir()}
+    for stem in ("gpu_featureviz", "gpu_monitor", "gpu_monitor_charged", "gpu_check"):
+        assert {f"{stem}.json", f"{stem}.md"} <= names, (stem, sorted(names), proc.stdout[-3000:])
+    assert "gpu_cuda_tests.txt" in names
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["dry_run"] is True
+    # Every issue-15 target is printed next to a measured value, PASS or MISS (never judged).
+    assert len(summary["targets"]) == 4
+    for row in summary["targets"]:
+        assert row["status"] in ("PASS", "MISS"), row
+        assert math.isfinite(row["value"])
+        assert row["target"] in proc.stdout
+    featureviz = json.loads((tmp_path / "gpu_featureviz.json").read_text())
+    assert featureviz["complete"] and [c["batch"] for c in featureviz["cases"]] == [1, 2]
+    monitor = json.loads((tmp_path / "gpu_monitor.json").read_text())
+    assert monitor["complete"]
+    (run,) = monitor["throughput"].values()
+    assert run["workload"]["amp"] == "bf16" and run["writer"] == "overlapped"
+    assert "handwritten" in run["peers"]  # the peer that needs nothing beyond torch
+    for ratio in ("throughput_every100_vs_none", "throughput_unsampled_vs_none",
+                  "capture_step_vs_normal"):
+        _positive(run[ratio], ratio)
+        for peer in run["peers"].values():
+            _positive(peer[ratio], ratio)
+
+
+@pytest.mark.slow
+def test_log_size_breakdown_adds_up(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "bench_log_size_under_test", BENCH.parent / "bench_log_size.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "size.json"
+    args = ["--model", "resnet18", "--size", "64", "--batch", "2", "--json", str(out)]
+    assert bench.main(args) == 0
+    r = json.loads(out.read_text())
+    assert "MB" in capsys.readouterr().out
+    for capture in (r["first_capture"], r["later_capture"]):
+        assert sum(capture["by_kind"].values()) == capture["bytes"] > 0
+        assert capture["by_kind"]["framing"] >= 0
+        # Every conv gets its filters and maps logged at the defaults.
+        assert capture["values"]["filters"] == r["convs"] == 20
+        assert capture["by_kind"]["hook maps"] > 0 and capture["by_kind"]["probe maps"] > 0
+        assert capture["by_kind"]["scalars"] > 0
+    # What is on disk is the two captures' records, nothing unaccounted for.
+    assert r["log_dir_bytes_after_two_captures"] == (
+        r["first_capture"]["bytes"] + r["later_capture"]["bytes"]
+    )
