@@ -71,7 +71,7 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(err.strip().splitlines()) == 1, err
         assert re.search(pattern, err), err
     code, out, err = run_main(["info"], capsys)
-    assert code == 2 and "give a torchvision model name" in err
+    assert code == 2 and "give a model name (e.g. resnet18, timm:resnet18 or hf:" in err
     code, out, err = run_main(["info", "resnet18", "--model-class", "tests.helpers:TinyNet"],
                               capsys)
     assert code == 2 and "not both" in err
