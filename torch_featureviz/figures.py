@@ -159,7 +159,8 @@ def _check_cmap(cmap: Any) -> str | None:
 def _check_targets(
     out_dir: str | os.PathLike[str] | None, writer: GridWriter | None, fmt: str
 ) -> Path | None:
-    """The output directory (created, proven writable), after checking fmt and the writer."""
+    """Check the targets without touching the disk: the directory is made only once every grid
+    has rendered, so a bad option leaves nothing behind."""
     if not isinstance(fmt, str):
         raise TypeError(f"fmt must be a str such as 'png', got {type(fmt).__name__}.")
     _check_suffix(Path(f"figure.{fmt}"))
@@ -176,9 +177,7 @@ def _check_targets(
         raise TypeError(f"out_dir must be a path or None, got {type(out_dir).__name__}.")
     if not os.fspath(out_dir):
         raise ValueError("out_dir must not be empty; give a directory such as 'figures'.")
-    out = Path(out_dir)
-    check_writable_dir(out)
-    return out
+    return Path(out_dir)
 
 
 def _save_layers(
@@ -199,6 +198,8 @@ def _save_layers(
     stems = unique_stems(names)
     tags = unique_tags(tag[0], names, *tag[1:], prefix=getattr(writer, "prefix", None))
     paths: list[Path] = []
+    if out is not None:
+        check_writable_dir(out)
     for done, (name, grid_tag) in enumerate(zip(names, tags, strict=True), start=1):
         if out is not None:
             path = out / f"{stem}_{stems[name]}.{fmt}"
@@ -531,6 +532,8 @@ def save_comparison_figures(
     tag = "chain_vs_hook/cosine_similarity"
     tag = f"{prefix}/{tag}" if prefix else tag
     paths: list[Path] = []
+    if out is not None:
+        check_writable_dir(out)
     for done, (name, value) in enumerate(values.items(), start=1):
         if out is not None:
             paths.append(
