@@ -119,23 +119,28 @@ def _progress(args: argparse.Namespace, desc: str) -> Iterator[Callable[[str, in
     """A progress bar on stderr across layers, as the library's ``progress`` callback."""
     from tqdm import tqdm
 
-    bar = tqdm(
-        desc=desc,
-        unit="layer",
-        file=sys.stderr,
-        disable=bool(getattr(args, "quiet", False)),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bars: list[Any] = []  # made at the first layer: an error before it shows no empty bar
 
     def update(name: str, done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(
+                tqdm(
+                    desc=desc,
+                    total=total,
+                    unit="layer",
+                    file=sys.stderr,
+                    disable=bool(getattr(args, "quiet", False)),
+                    leave=False,
+                    dynamic_ncols=True,
+                )
+            )
+        bars[0].update(done - bars[0].n)
 
     try:
         yield update
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -288,10 +293,15 @@ def _forward_error(e: BaseException, args: argparse.Namespace) -> UsageError:
 
 @contextmanager
 def _forward(args: argparse.Namespace) -> Iterator[None]:
-    """A probe pass: its RuntimeError (the model's forward failed) becomes a one-line error."""
+    """A probe pass: the model's forward failing (RuntimeError), or the input refused before it
+    (ValueError), becomes a one-line error with a hint where one helps."""
     try:
         with _user_input():
             yield
+    except UsageError as e:
+        if isinstance(e.__cause__, ValueError):
+            raise _forward_error(e.__cause__, args) from e.__cause__
+        raise
     except RuntimeError as e:
         raise _forward_error(e, args) from e
 
@@ -465,11 +475,14 @@ def _cmd_maps(args: argparse.Namespace) -> int:
     similarity = map_similarities(chain, hook)
 
     written: list[Path] = []
+    # The input as an image: its RGB channels (--input-channels N > 3 repeats them), or gray.
+    shown = x[:, :3] if x.shape[1] >= 3 else x[:, :1]
     with _writer(logdir) as writer, _user_input():
         if out is not None:
-            written.append(save_grid_figure(to_display_image(x), out / "input.png", title="input"))
+            path = out / "input.png"
+            written.append(save_grid_figure(to_display_image(shown), path, title="input"))
         if writer is not None:
-            writer.log_image(x, 0, name="image")
+            writer.log_image(shown, 0, name="image")
         for mode, maps in (("hook", hook), ("chain", chain)):
             if maps:
                 with _progress(args, f"{mode} maps") as progress:
