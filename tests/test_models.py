@@ -382,6 +382,9 @@ def test_hf_errors_are_one_line(
     listed.write_text("[1, 2]")
     no_type = tmp_path / "no_type.json"
     no_type.write_text("{}")
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(17 * 2**20)  # sparse: costs no disk
     cases = {
         ("hf:ResNetModle", None): r"transformers has no model class 'ResNetModle'; did you mean "
                                   r".*ResNetModel",
@@ -393,6 +396,8 @@ def test_hf_errors_are_one_line(
         ("hf:ResNetModel", listed): r"holds a JSON list, not an object",
         ("hf:ResNetModel", tmp_path / "nope.json"): r"config not found: .*nope\.json",
         ("hf:ResNetModel", "/dev/zero"): r"config '/dev/zero' is not a regular file",
+        ("hf:ResNetModel", huge): r"config .*huge\.json' is larger than 16777216 bytes, the most "
+                                  r"that is read; a model config is a small JSON file\.$",
     }
     for (name, config), pattern in cases.items():
         with pytest.raises(ModelLoadError, match=pattern) as info:

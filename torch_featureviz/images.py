@@ -18,6 +18,7 @@ import inspect
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,28 +74,49 @@ def _decode_kwargs() -> dict[str, bool]:
     return {}
 
 
-def _read_capped(p: Path, max_bytes: int) -> bytes:
-    """The file's bytes: the magic number first (so ``/dev/zero`` fails at once), at most
-    ``max_bytes`` in all."""
+def read_capped(
+    path: Path,
+    max_bytes: int,
+    *,
+    what: str,
+    hint: str,
+    check_head: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """At most ``max_bytes`` of a file, so that a device such as ``/dev/zero`` cannot make a
+    read run forever (private to the package; models.py reads configs with it).
+
+    ``check_head`` sees the first 8 bytes before the rest is read, and may raise.
+
+    Raises:
+        OSError: the file cannot be read (the message names ``what`` and the path).
+        ValueError: the file holds more than ``max_bytes`` (the message ends with ``hint``).
+    """
     try:
-        with p.open("rb") as f:
-            head = f.read(len(_PNG_MAGIC))
-            if not head:
-                raise ValueError(f"{str(p)!r} is empty (0 bytes), not an image.")
-            if not (head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC)):
-                raise ValueError(
-                    f"{str(p)!r} is not a PNG or JPEG image (it starts with {head!r}); "
-                    "convert it to PNG or JPEG."
-                )
+        with path.open("rb") as f:
+            head = f.read(8)
+            if check_head is not None:
+                check_head(head)
             data = head + f.read(max(0, max_bytes - len(head)) + 1)
     except OSError as e:
-        raise OSError(f"cannot read image {str(p)!r}: {e.strerror or e}.") from e
+        raise OSError(f"cannot read {what} {str(path)!r}: {e.strerror or e}.") from e
     if len(data) > max_bytes:
         raise ValueError(
-            f"{str(p)!r} is larger than {max_bytes} bytes, the most load_image reads; "
-            "is it the image you meant? Resize it, or pass a larger max_bytes."
+            f"{what} {str(path)!r} is larger than {max_bytes} bytes, the most that is read; {hint}"
         )
     return data
+
+
+def _check_magic(p: Path) -> Callable[[bytes], None]:
+    def check(head: bytes) -> None:
+        if not head:
+            raise ValueError(f"{str(p)!r} is empty (0 bytes), not an image.")
+        if not (head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC)):
+            raise ValueError(
+                f"{str(p)!r} is not a PNG or JPEG image (it starts with {head!r}); "
+                "convert it to PNG or JPEG."
+            )
+
+    return check
 
 
 def load_image(
@@ -150,7 +172,10 @@ def load_image(
         raise FileNotFoundError(f"image not found: {str(p)!r}; check the path.")
     if p.is_dir():
         raise IsADirectoryError(f"{str(p)!r} is a directory, not an image file.")
-    data = _read_capped(p, max_bytes)
+    data = read_capped(
+        p, max_bytes, what="image", check_head=_check_magic(p),
+        hint="is it the image you meant? Resize it, or pass a larger max_bytes.",
+    )
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:

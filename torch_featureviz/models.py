@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torch_featureviz.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from torch_featureviz.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_capped
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model"]
 
@@ -260,15 +260,11 @@ def _read_json_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise ModelLoadError(f"config {str(p)!r} is not a regular file.")
     try:
-        with p.open("rb") as f:
-            data = f.read(_MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise ModelLoadError(f"cannot read config {str(p)!r}: {e.strerror or e}.") from e
-    if len(data) > _MAX_CONFIG_BYTES:
-        raise ModelLoadError(
-            f"config {str(p)!r} is larger than {_MAX_CONFIG_BYTES // 2**20} MiB; a model config "
-            "is a small JSON file."
+        data = read_capped(
+            p, _MAX_CONFIG_BYTES, what="config", hint="a model config is a small JSON file."
         )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(str(e)) from e
     try:
         config = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
