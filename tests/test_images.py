@@ -127,6 +127,9 @@ def test_non_image_empty_missing_and_directory(tmp_path: Path) -> None:
     text.write_text("hello, not an image")
     with pytest.raises(ValueError, match=r"not a PNG or JPEG image .*convert it"):
         load_image(text)
+    with pytest.raises(ValueError, match=r"not a PNG or JPEG image \(it starts with b'ab'\)"):
+        (tmp_path / "short").write_bytes(b"ab")
+        load_image(tmp_path / "short")
     gif = tmp_path / "a.gif"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(gif)
     with pytest.raises(ValueError, match=r"not a PNG or JPEG"):
@@ -142,12 +145,38 @@ def test_non_image_empty_missing_and_directory(tmp_path: Path) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match=r"channels must be 1 or 3, got 2"):
-        load_image(channels=2)
-    with pytest.raises(TypeError, match=r"channels must be the int 1 or 3, got str"):
+    with pytest.raises(ValueError, match=r"channels must be >= 1, got 0"):
+        load_image(channels=0)
+    with pytest.raises(TypeError, match=r"channels must be a positive int, got str"):
         load_image(channels="3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"max_bytes must be a positive int, got float"):
+        load_image(max_bytes=1e9)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"path must be a str or os.PathLike"):
         load_image(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"path must not be empty"):
+        load_image("")
+
+
+def test_other_channel_counts_repeat_or_cut_rgb(tmp_path: Path) -> None:
+    rgb = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    path = _save(tmp_path, "rgb.png", rgb)
+    full = load_image(path)
+    assert torch.equal(load_image(path, channels=2), full[:2])
+    assert torch.equal(load_image(path, channels=4), full[[0, 1, 2, 0]])
+    assert torch.equal(load_image(path, channels=6), torch.cat([full, full]))
+    gray = load_image(_save(tmp_path, "g.png", rgb[..., 0], "L"), channels=5)
+    assert gray.shape == (5, 6, 5) and all(torch.equal(gray[0], gray[c]) for c in range(5))
+
+
+def test_reads_are_capped(tmp_path: Path) -> None:
+    # A device that never ends fails on its first bytes, without reading on.
+    with pytest.raises(ValueError, match=r"'/dev/zero' is not a PNG or JPEG image"):
+        load_image("/dev/zero")
+    path = _save(tmp_path, "big.png", RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    size = path.stat().st_size
+    assert load_image(path, max_bytes=size).shape == (3, 64, 64)
+    with pytest.raises(ValueError, match=rf"big\.png' is larger than {size - 1} bytes"):
+        load_image(path, max_bytes=size - 1)
 
 
 def test_preprocess_normalises_and_does_not_modify_input() -> None:

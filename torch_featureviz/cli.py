@@ -8,18 +8,27 @@ Commands::
     featureviz demo ...         the built-in training demo (torch_featureviz.demo)
     featureviz bench ...        the benchmarks (benchmarks/bench_featureviz.py, source checkout)
 
-MODEL is a torchvision model name (``featureviz info resnet50``); ``--model-class module:Class``
-builds your own model instead. ``--weights`` (torchvision weights, downloaded) or
-``--checkpoint`` (a state dict) set the weights; otherwise they are random.
+MODEL is a torchvision model name (``featureviz info resnet50``), ``timm:NAME`` (``timm:resnet18``,
+needs the ``timm`` extra) or ``hf:CLASS`` (``hf:ResNetModel``, needs the ``hf`` extra; ``--config
+FILE.json`` for a config other than the class's default); ``--model-class module:Class`` builds
+your own model instead. ``--weights`` (downloaded) or ``--checkpoint`` (a state dict) set the
+weights; otherwise they are random and nothing is downloaded, detection backbones included.
+
+The input is built from the image, never from what the first conv seems to expect: 3 channels
+(RGB) unless ``--input-channels N`` says otherwise (1: grayscale; other N: the RGB channels
+repeated, channel i being colour i % 3, or cut). Only the model's forward decides whether it
+fits; when it does not, the error says what failed and, if the size or the channels are the
+problem, which option to change.
 
 Exit codes:
 
 - 0: success.
 - 1: an unexpected internal error (one line; ``--traceback`` shows where it happened).
-- 2: bad input: a usage error, a missing, unreadable, non-image or truncated image, an unknown
-  model or weights name, weights that cannot be downloaded, a checkpoint that is not a state dict
+- 2: bad input: a usage error, a missing, unreadable, non-image, oversized or truncated image, an
+  unknown model, class or weights name, a missing optional extra (timm, transformers), a model
+  that cannot be built, weights that cannot be downloaded, a checkpoint that is not a state dict
   or whose keys do not match, a layer pattern that matches nothing, an output directory that
-  cannot be written, a model that fails on the input size.
+  cannot be written, a model whose forward fails on the input.
 - 130: interrupted (Ctrl-C).
 
 Every error is one line on stderr, never a traceback (unless ``--traceback``). ``--quiet``
@@ -30,21 +39,19 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
+import re
 import sys
 import textwrap
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import torch_featureviz
 
 __all__ = ["build_parser", "main"]
-
-T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -56,8 +63,9 @@ exit codes:
   0    success
   1    unexpected internal error (one line; add --traceback for details)
   2    bad input: usage, image file (missing, not an image, truncated), unknown model or
-       weights name, no network for --weights, checkpoint keys that do not match, a layer
-       pattern that matches nothing, an output directory that cannot be written
+       weights name, a missing extra (timm, transformers), no network for --weights,
+       checkpoint keys that do not match, a layer pattern that matches nothing, an output
+       directory that cannot be written, a forward pass that fails on the input
   130  interrupted
 
 Run 'featureviz COMMAND --help' for a command's options."""
@@ -106,19 +114,33 @@ def _warn(args: argparse.Namespace, message: str) -> None:
         print(f"featureviz: warning: {message}", file=sys.stderr)
 
 
-def _progress(args: argparse.Namespace, items: Iterable[T], desc: str, total: int) -> Iterable[T]:
+@contextmanager
+def _progress(args: argparse.Namespace, desc: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on stderr across layers, as the library's ``progress`` callback."""
     from tqdm import tqdm
 
-    return tqdm(
-        items,
-        desc=desc,
-        total=total,
-        unit="layer",
-        file=sys.stderr,
-        disable=bool(getattr(args, "quiet", False)),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bars: list[Any] = []  # made at the first layer: an error before it shows no empty bar
+
+    def update(name: str, done: int, total: int) -> None:
+        if not bars:
+            bars.append(
+                tqdm(
+                    desc=desc,
+                    total=total,
+                    unit="layer",
+                    file=sys.stderr,
+                    disable=bool(getattr(args, "quiet", False)),
+                    leave=False,
+                    dynamic_ncols=True,
+                )
+            )
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -145,6 +167,22 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+def _cmap(text: str) -> str:
+    from torch_featureviz.figures import _check_cmap
+
+    try:
+        _check_cmap(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _filter_channel(text: str) -> str | int:
@@ -183,9 +221,10 @@ def _device(args: argparse.Namespace) -> Any:
 def _load(args: argparse.Namespace) -> Any:
     from torch_featureviz.models import load_model
 
-    size = args.input_size if args.input_size is not None else 224
     if args.model is None and args.model_class is None:
-        raise UsageError("give a torchvision model name (e.g. resnet18) or --model-class.")
+        raise UsageError(
+            "give a model name (e.g. resnet18, timm:resnet18 or hf:ResNetModel) or --model-class."
+        )
     if args.model is not None and args.model_class is not None:
         raise UsageError(
             f"give either MODEL ({args.model!r}) or --model-class ({args.model_class!r}), not both."
@@ -196,7 +235,8 @@ def _load(args: argparse.Namespace) -> Any:
             weights=args.weights,
             checkpoint=args.checkpoint,
             model_class=args.model_class,
-            input_size=size,
+            config=args.config,
+            input_size=args.input_size,
             progress=not args.quiet,
         )
     loaded.model.to(_device(args))
@@ -229,33 +269,69 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     return dirs[0], dirs[1]
 
 
-def _first_in_channels(layers: dict[str, Any]) -> int:
-    return int(next(iter(layers.values())).in_channels)
+#: Forward errors that mean "this input size does not fit the model": a linear head after a
+#: flatten, a pooling or kernel that runs out of pixels, a fixed-size ViT, a U-Net's odd sizes.
+_SIZE_ERRORS = re.compile(
+    r"mat1 and mat2 shapes cannot be multiplied|output size is too small|kernel size can't be "
+    r"greater than actual input size|input image size|image size .*doesn't match|"
+    r"sizes of tensors must match|must match the size of tensor b|padding size should be less",
+    re.IGNORECASE,
+)
+
+
+def _forward_error(e: BaseException, args: argparse.Namespace) -> UsageError:
+    """The model's forward failed on the input: say what failed, and the option to change."""
+    text = _one_line(e)
+    if _SIZE_ERRORS.search(text):
+        hint = "; try another --input-size (most ImageNet models take 224)"
+    elif "channel" in text.lower():
+        hint = f"; the input has {args.input_channels} channels: try another --input-channels"
+    else:
+        hint = ""
+    return UsageError(f"{text}{hint}.")
+
+
+@contextmanager
+def _forward(args: argparse.Namespace) -> Iterator[None]:
+    """A probe pass: the model's forward failing (RuntimeError), or the input refused before it
+    (ValueError), becomes a one-line error with a hint where one helps."""
+    try:
+        with _user_input():
+            yield
+    except UsageError as e:
+        if isinstance(e.__cause__, ValueError):
+            raise _forward_error(e.__cause__, args) from e.__cause__
+        raise
+    except RuntimeError as e:
+        raise _forward_error(e, args) from e
+
+
+def _size_text(size: int | tuple[int, int]) -> str:
+    return f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
 # -- info -----------------------------------------------------------------------------------------
 
 
-def _output_sizes(model: Any, in_channels: int, size: int | tuple[int, int], device: Any) -> Any:
+def _output_sizes(
+    model: Any, args: argparse.Namespace, size: int | tuple[int, int], device: Any
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """Each conv's output shape from one real forward pass of zeros (the model is unchanged)."""
     import torch
 
     from torch_featureviz.capture import capture_feature_maps
+    from torch_featureviz.naming import split_call_key
 
     h, w = (size, size) if isinstance(size, int) else size
-    x = torch.zeros(1, in_channels, h, w, device=device)
-    try:
+    x = torch.zeros(1, args.input_channels, h, w, device=device)
+    with _forward(args):
         maps = capture_feature_maps(model, x, max_channels=1)
-    except RuntimeError as e:
-        raise UsageError(
-            f"{_one_line(e)}; try another --input-size (most ImageNet models take 224)."
-        ) from e
-    shapes: dict[str, tuple[int, int]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     for key, m in maps.items():
-        name = key.split("#", 1)[0]
+        name, _ = split_call_key(key)
         calls[name] = calls.get(name, 0) + 1
-        shapes.setdefault(name, (int(m.shape[-2]), int(m.shape[-1])))
+        shapes.setdefault(name, tuple(int(s) for s in m.shape[1:]))
     return shapes, calls
 
 
@@ -278,18 +354,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     model = loaded.model
     layers = _select_layers(model, args)
     info = torch_featureviz.Extractor(model).info()
-    size = args.input_size if args.input_size is not None else 224
-    all_layers = _select_layers(model, argparse.Namespace(layers=None))
-    shapes, calls = _output_sizes(
-        model, _first_in_channels(all_layers), size, next(model.parameters()).device
-    )
-    size_text = f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
+    size = loaded.input_size
+    shapes, calls = _output_sizes(model, args, size, next(model.parameters()).device)
+    size_text = f"{args.input_channels}x{_size_text(size)}"
     rows = [["layer", "in->out", "kernel", "stride", "groups", f"output @ {size_text}"]]
     for name, conv in layers.items():
         out = "not run"
         if name in shapes:
-            h, w = shapes[name]
-            out = f"{conv.out_channels}x{h}x{w}"
+            out = "x".join(str(n) for n in (conv.out_channels, *shapes[name]))
             if calls[name] > 1:
                 out += f" ({calls[name]} calls)"
         rows.append(
@@ -317,42 +389,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # -- filters --------------------------------------------------------------------------------------
 
 
+def _writer(logdir: Path | None, **options: Any) -> Any:
+    from torch_featureviz.tensorboard import TensorBoardWriter
+
+    return TensorBoardWriter(logdir, **options) if logdir is not None else nullcontext()
+
+
+def _say_written(args: argparse.Namespace, out: Path | None, logdir: Path | None, n: int) -> None:
+    from torch_featureviz.tensorboard import tensorboard_command
+
+    if out is not None:
+        _say(args, f"wrote {n} figures to {out}")
+    if logdir is not None:
+        _say(args, f"wrote TensorBoard logs to {logdir}; view them with:")
+        _say(args, f"  {tensorboard_command(logdir)}")
+
+
 def _cmd_filters(args: argparse.Namespace) -> int:
-    from torch_featureviz.figures import _unique_stem, save_grid_figure, save_overview
-    from torch_featureviz.render import make_filter_grid
-    from torch_featureviz.tensorboard import TensorBoardWriter, tensorboard_command
+    from torch_featureviz.figures import save_filter_figures
 
     loaded = _load(args)
     layers = _select_layers(loaded.model, args)
     out, logdir = _outputs(args)
-    with _user_input():
-        grids = {
-            name: make_filter_grid(conv, channel=args.channel, max_filters=args.max_filters)
-            for name, conv in layers.items()
-        }
-    written: list[Path] = []
-    writer = TensorBoardWriter(logdir, max_filters=args.max_filters) if logdir else None
-    try:
-        used: set[str] = set()
-        for name in _progress(args, list(layers), "filters", len(layers)):
-            conv = layers[name]
-            if out is not None:
-                title = f"{name}: filters {tuple(conv.weight.shape)}"
-                path = out / f"filters_{_unique_stem(name, used)}.png"
-                written.append(save_grid_figure(grids[name], path, title=title))
-            if writer is not None:
-                writer.log_grid(f"filters/{torch_featureviz.layer_tag(name)}", grids[name], 0)
-        if out is not None:
-            written.append(save_overview(grids, out / "filters_overview.png", title="Filters"))
-    finally:
-        if writer is not None:
-            writer.close()
+    with _writer(logdir) as writer, _progress(args, "filters") as progress, _user_input():
+        written = save_filter_figures(
+            layers, out, channel=args.channel, max_filters=args.max_filters, writer=writer,
+            progress=progress,
+        )
     _say(args, f"model: {loaded.description}; {len(layers)} conv layers")
-    if out is not None:
-        _say(args, f"wrote {len(written)} figures to {out}")
-    if logdir is not None:
-        _say(args, f"wrote TensorBoard logs to {logdir}; view them with:")
-        _say(args, f"  {tensorboard_command(logdir)}")
+    _say_written(args, out, logdir, len(written))
     return EXIT_OK
 
 
@@ -365,16 +430,13 @@ def _cmd_maps(args: argparse.Namespace) -> int:
     from torch_featureviz.chain import chain_feature_maps
     from torch_featureviz.discovery import Extractor
     from torch_featureviz.figures import (
-        _unique_stem,
-        map_similarity,
-        save_comparison_figure,
+        map_similarities,
+        save_comparison_figures,
+        save_feature_figures,
         save_grid_figure,
-        save_overview,
-        save_similarity_figure,
     )
     from torch_featureviz.images import load_image
-    from torch_featureviz.render import make_feature_grid, to_display_image
-    from torch_featureviz.tensorboard import TensorBoardWriter, layer_tag, tensorboard_command
+    from torch_featureviz.render import to_display_image
 
     loaded = _load(args)
     if loaded.weights is not None and args.input_size is not None:
@@ -394,74 +456,45 @@ def _cmd_maps(args: argparse.Namespace) -> int:
                 f"({', '.join(list(layers)[:3])}) are all down-sample convs; choose other --layers."
             )
     out, logdir = _outputs(args)
-    in_ch = _first_in_channels(_select_layers(model, argparse.Namespace(layers=None)))
     with _user_input():
-        image = load_image(args.image, channels=3 if in_ch != 1 else 1)
+        image = load_image(args.image, channels=args.input_channels)
     device = next(model.parameters()).device
     with _user_input("preprocessing the image failed: "):
         x = loaded.transform(image).to(device)
-    if x.shape[1] != in_ch:
-        raise UsageError(
-            f"the model's first conv expects {in_ch} input channels, the image has {x.shape[1]}."
-        )
-    max_ch = args.max_channels
     hook: dict[str, torch.Tensor] = {}
     chain: dict[str, torch.Tensor] = {}
     if args.mode in ("hook", "both"):
-        try:
-            hook = torch_featureviz.capture_feature_maps(model, x, names, max_channels=max_ch)
-        except RuntimeError as e:
-            raise UsageError(_one_line(e)) from e
+        with _forward(args):
+            hook = torch_featureviz.capture_feature_maps(
+                model, x, names, max_channels=args.max_channels
+            )
     if args.mode in ("chain", "both"):
         with _user_input("chain mode: "):
-            full = chain_feature_maps(model, x, max_channels=max_ch)
+            full = chain_feature_maps(model, x, max_channels=args.max_channels)
         chain = {n: full[n] for n in names if n in full}
-    similarity = {n: map_similarity(chain[n], hook[n]) for n in chain if n in hook}
+    similarity = map_similarities(chain, hook)
 
     written: list[Path] = []
-    writer = TensorBoardWriter(logdir) if logdir else None
-    try:
+    # The input as an image: its RGB channels (--input-channels N > 3 repeats them), or gray.
+    shown = x[:, :3] if x.shape[1] >= 3 else x[:, :1]
+    with _writer(logdir) as writer, _user_input():
         if out is not None:
-            written.append(save_grid_figure(to_display_image(x), out / "input.png", title="input"))
+            path = out / "input.png"
+            written.append(save_grid_figure(to_display_image(shown), path, title="input"))
         if writer is not None:
-            writer.log_image(x, 0, name="image")
+            writer.log_image(shown, 0, name="image")
         for mode, maps in (("hook", hook), ("chain", chain)):
-            if not maps:
-                continue
-            grids: dict[str, torch.Tensor] = {}
-            used: set[str] = set()
-            for name in _progress(args, list(maps), f"{mode} maps", len(maps)):
-                grid = make_feature_grid(maps[name], cmap=args.cmap)
-                grids[name] = grid
-                if out is not None:
-                    title = f"{name}: {mode} maps {tuple(maps[name].shape)}"
-                    path = out / f"maps_{mode}_{_unique_stem(name, used)}.png"
-                    written.append(save_grid_figure(grid, path, title=title))
-                if writer is not None:
-                    writer.log_grid(f"feature_maps/{mode}/{layer_tag(name)}", grid, 0)
-            if out is not None:
-                title = f"Feature maps ({mode} mode)"
-                written.append(save_overview(grids, out / f"maps_{mode}_overview.png", title=title))
-        if similarity:
-            used = set()
-            for name in _progress(args, list(similarity), "chain vs hook", len(similarity)):
-                if out is not None:
-                    path = out / f"compare_{_unique_stem(name, used)}.png"
-                    written.append(
-                        save_comparison_figure(
-                            name, chain[name], hook[name], path,
-                            similarity=similarity[name], cmap=args.cmap,
-                        )
+            if maps:
+                with _progress(args, f"{mode} maps") as progress:
+                    written += save_feature_figures(
+                        maps, out, mode=mode, cmap=args.cmap, writer=writer, progress=progress
                     )
-            if out is not None:
-                written.append(save_similarity_figure(similarity, out / "similarity.png"))
-            if writer is not None:
-                for i, value in enumerate(similarity.values()):
-                    if math.isfinite(value):
-                        writer.log_scalar("chain_vs_hook/cosine_similarity", value, i)
-    finally:
-        if writer is not None:
-            writer.close()
+        if similarity:
+            with _progress(args, "chain vs hook") as progress:
+                written += save_comparison_figures(
+                    chain, hook, out, similarity=similarity, cmap=args.cmap, writer=writer,
+                    progress=progress,
+                )
 
     _say(args, f"model: {loaded.description}; image: {args.image or 'built-in (Grace Hopper)'}")
     _say(args, f"input {tuple(x.shape)}; mode {args.mode}; {len(hook or chain)} layers")
@@ -473,11 +506,7 @@ def _cmd_maps(args: argparse.Namespace) -> int:
         ]
         _say(args, "chain vs hook (larger map average-pooled to the smaller size):")
         _say(args, *_table(rows, right={3}))
-    if out is not None:
-        _say(args, f"wrote {len(written)} figures to {out}")
-    if logdir is not None:
-        _say(args, f"wrote TensorBoard logs to {logdir}; view them with:")
-        _say(args, f"  {tensorboard_command(logdir)}")
+    _say_written(args, out, logdir, len(written))
     return EXIT_OK
 
 
@@ -548,25 +577,36 @@ def _model_options() -> _Parser:
     g = p.add_argument_group("model")
     g.add_argument(
         "model", nargs="?", metavar="MODEL",
-        help="a torchvision model name, e.g. resnet18 or mobilenet_v3_small",
+        help="a torchvision model name (resnet18, fcn_resnet50), timm:NAME (timm:resnet18) or "
+        "hf:CLASS (hf:ResNetModel)",
     )
     g.add_argument(
         "--weights", metavar="NAME",
-        help="torchvision weights, e.g. DEFAULT or IMAGENET1K_V2 (downloaded if not cached); "
-        "default: random weights",
+        help="pretrained weights, downloaded if not cached: torchvision's DEFAULT or "
+        "IMAGENET1K_V2; 'pretrained' or a tag for timm; a Hub id or local directory for hf; "
+        "default: random weights, nothing downloaded",
     )
     g.add_argument(
-        "--checkpoint", metavar="PATH",
+        "--checkpoint", metavar="PATH", type=_path,
         help="a state dict saved with torch.save(model.state_dict(), PATH); keys must match",
     )
     g.add_argument(
-        "--model-class", metavar="MODULE:CLASS",
+        "--model-class", metavar="MODULE:CLASS", type=_path,
         help="your own nn.Module class (or file.py:Class), built with no arguments",
     )
     g.add_argument(
+        "--config", metavar="FILE.json", type=_path,
+        help="a local transformers config for hf:CLASS (default: the class's default config)",
+    )
+    g.add_argument(
         "--input-size", type=_input_size, metavar="N|HxW",
-        help="input size without --weights (default 224: resize + centre crop + ImageNet "
-        "mean/std); with --weights their own transforms are used",
+        help="input size without torchvision --weights (default: the model's own, else 224: "
+        "resize + centre crop + mean/std); torchvision --weights bring their own transforms",
+    )
+    g.add_argument(
+        "--input-channels", type=_positive_int, default=3, metavar="N",
+        help="channels of the input made from the image (default 3, RGB; 1: grayscale; other "
+        "N: the RGB channels repeated, channel i being colour i %% 3, or cut)",
     )
     g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
@@ -582,11 +622,107 @@ def _output_options() -> _Parser:
     p = _Parser(add_help=False)
     g = p.add_argument_group("output")
     g.add_argument(
-        "--out", metavar="DIR",
+        "--out", metavar="DIR", type=_path,
         help=f"write PNG figures here (default: ./{_DEFAULT_OUT} unless --logdir is given)",
     )
-    g.add_argument("--logdir", metavar="DIR", help="write TensorBoard logs here")
+    g.add_argument("--logdir", metavar="DIR", type=_path, help="write TensorBoard logs here")
     return p
+
+
+class Parents:
+    """The option groups commands share, handed to each command's registration function."""
+
+    def __init__(self) -> None:
+        self.model = _model_options()
+        self.output = _output_options()
+        self.formatting: dict[str, Any] = {
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+            "epilog": _EPILOG,
+        }
+
+
+def _add_info(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser(
+        "info", parents=[parents.model],
+        help="the Extractor summary and a table of every conv layer",
+        description=_wrap(
+            "Print the Extractor summary and, for every conv layer, its channels, kernel, "
+            "stride, groups and output size (from one forward pass of zeros at --input-size "
+            "with --input-channels; the model is left unchanged)."
+        ),
+        **parents.formatting,
+    )
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_filters(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser(
+        "filters", parents=[parents.model, parents.output],
+        help="filter grids as figures and/or TensorBoard",
+        description=_wrap(
+            "Render every conv layer's filters: first layers as RGB, deeper ones as the mean "
+            "over input channels (see --filter-channel)."
+        ),
+        **parents.formatting,
+    )
+    p.add_argument(
+        "--filter-channel", "--channel", dest="channel", type=_filter_channel, default="auto",
+        help="how a filter's input channels become a tile: auto (rgb for 3 inputs, else mean), "
+        "rgb, mean, strongest, or an input-channel index (checked on every selected layer)",
+    )
+    p.add_argument(
+        "--max-filters", type=_positive_int, default=64, metavar="N",
+        help="filters shown per layer (default 64)",
+    )
+    p.set_defaults(func=_cmd_filters)
+
+
+def _add_maps(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser(
+        "maps", parents=[parents.model, parents.output],
+        help="feature maps of an image (hook, chain or both)",
+        description=_wrap(
+            "Feature maps of an image. hook: the real activations of each conv (forward "
+            "hooks). chain: the original article's procedure, the convs applied one after "
+            "another, skipping everything between them. both: the two side by side, and a "
+            "per-layer cosine similarity between them (where sizes differ, e.g. chain maps at "
+            "twice the resolution, the larger map is average-pooled to the smaller size first)."
+        ),
+        **parents.formatting,
+    )
+    p.add_argument(
+        "--image", metavar="PATH", type=_path,
+        help="a PNG or JPEG (default: the built-in photo of Grace Hopper from matplotlib)",
+    )
+    p.add_argument(
+        "--mode", choices=("hook", "chain", "both"), default="hook", help="default: hook"
+    )
+    p.add_argument(
+        "--max-channels", type=_positive_int, default=64, metavar="N",
+        help="channels shown per layer (default 64)",
+    )
+    p.add_argument(
+        "--cmap", metavar="NAME", type=_cmap, help="matplotlib colormap (default: grayscale)"
+    )
+    p.set_defaults(func=_cmd_maps)
+
+
+def _add_demo(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser("demo", help=_DEMO_HELP, add_help=False)
+    p.set_defaults(func=_cmd_demo, passthrough=True)
+
+
+def _add_bench(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser("bench", help=_BENCH_HELP, add_help=False)
+    p.set_defaults(func=_cmd_bench, passthrough=True)
+
+
+#: Each command registers itself: ``add(subparsers, parents)`` adds its parser and sets
+#: ``func`` (``func(args) -> exit code``; with ``passthrough=True``, ``func(args, extra)``
+#: gets the arguments it parses itself). A new command is one function and one entry here.
+COMMANDS: list[Callable[[Any, Parents], None]] = [
+    _add_info, _add_filters, _add_maps, _add_demo, _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -604,68 +740,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--traceback", action="store_true", help="show the full traceback of an internal error"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    model, output = _model_options(), _output_options()
-    common: dict[str, Any] = {"formatter_class": argparse.RawDescriptionHelpFormatter}
-
-    p = sub.add_parser(
-        "info", parents=[model], help="the Extractor summary and a table of every conv layer",
-        description=_wrap(
-            "Print the Extractor summary and, for every conv layer, its channels, "
-        "kernel, stride, groups and output size (from one forward pass of zeros at "
-        "--input-size; the model is left unchanged)."
-        ),
-        epilog=_EPILOG, **common,
-    )
-    p.set_defaults(func=_cmd_info)
-
-    p = sub.add_parser(
-        "filters", parents=[model, output], help="filter grids as figures and/or TensorBoard",
-        description=_wrap(
-            "Render every conv layer's filters: first layers as RGB, deeper ones as the "
-        "mean over input channels (see --channel)."
-        ),
-        epilog=_EPILOG, **common,
-    )
-    p.add_argument(
-        "--channel", type=_filter_channel, default="auto",
-        help="how a filter's input channels become a tile: auto (rgb for 3 inputs, else mean), "
-        "rgb, mean, strongest, or an input-channel index",
-    )
-    p.add_argument(
-        "--max-filters", type=_positive_int, default=64, metavar="N",
-        help="filters shown per layer (default 64)",
-    )
-    p.set_defaults(func=_cmd_filters)
-
-    p = sub.add_parser(
-        "maps", parents=[model, output], help="feature maps of an image (hook, chain or both)",
-        description=_wrap(
-            "Feature maps of an image. hook: the real activations of each conv "
-        "(forward hooks). chain: the original article's procedure, the convs applied one after "
-        "another, skipping everything between them. both: the two side by side, and a "
-        "per-layer cosine similarity between them (where sizes differ, e.g. chain maps at twice "
-        "the resolution, the larger map is average-pooled to the smaller size first)."
-        ),
-        epilog=_EPILOG, **common,
-    )
-    p.add_argument(
-        "--image", metavar="PATH",
-        help="a PNG or JPEG (default: the built-in photo of Grace Hopper from matplotlib)",
-    )
-    p.add_argument(
-        "--mode", choices=("hook", "chain", "both"), default="hook", help="default: hook"
-    )
-    p.add_argument(
-        "--max-channels", type=_positive_int, default=64, metavar="N",
-        help="channels shown per layer (default 64)",
-    )
-    p.add_argument("--cmap", metavar="NAME", help="matplotlib colormap (default: grayscale)")
-    p.set_defaults(func=_cmd_maps)
-
-    p = sub.add_parser("demo", help=_DEMO_HELP, add_help=False)
-    p.set_defaults(func=_cmd_demo, passthrough=True)
-    p = sub.add_parser("bench", help=_BENCH_HELP, add_help=False)
-    p.set_defaults(func=_cmd_bench, passthrough=True)
+    parents = Parents()
+    for add in COMMANDS:
+        add(sub, parents)
+    parser.set_defaults(commands=tuple(sub.choices))
     return parser
 
 
@@ -687,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not passthrough:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
-        parser.error("choose a command: info, filters, maps, demo or bench")
+        names = list(args.commands)
+        parser.error(f"choose a command: {', '.join(names[:-1])} or {names[-1]}")
     old_format = warnings.formatwarning
     warnings.formatwarning = _format_warning  # one line per warning, like the errors
     try:

@@ -1,29 +1,43 @@
-"""Save filter and feature-map grids as image files with matplotlib.
+"""Save filter and feature-map grids as image files with matplotlib, and/or to a writer.
 
 One file per layer, titled with the layer name and shape, plus an overview of many layers.
 Figures are built with ``matplotlib.figure.Figure`` (not ``pyplot``), so nothing is registered
 globally and nothing stays open after saving; this works headless with no backend set.
+
+:func:`save_filter_figures`, :func:`save_feature_figures` and :func:`save_comparison_figures`
+do the per-layer work of a whole model: they render every grid first (so a bad option fails
+before any file is written), then save each layer's figure (file stems from
+:func:`~torch_featureviz.naming.unique_stems`), log it to an optional ``writer`` (any object
+with ``log_grid(tag, grid, step)`` and ``log_scalar(tag, value, step)``, such as
+:class:`~torch_featureviz.TensorBoardWriter`; tags from
+:func:`~torch_featureviz.naming.unique_tags`), call ``progress(name, done, total)`` after each
+layer, and save the overview last.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from torch_featureviz._validation import check_writable_dir
 from torch_featureviz.discovery import find_conv_layers
+from torch_featureviz.naming import unique_stems, unique_tags
 from torch_featureviz.render import FilterChannel, make_feature_grid, make_filter_grid
-from torch_featureviz.tensorboard import layer_tag
 
 __all__ = [
+    "GridWriter",
+    "Progress",
+    "map_similarities",
     "map_similarity",
     "save_comparison_figure",
+    "save_comparison_figures",
     "save_feature_figures",
     "save_filter_figures",
     "save_grid_figure",
@@ -34,6 +48,18 @@ __all__ = [
 _FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 _DPI = 100
 _MAX_INCHES = 14.0
+
+#: Called after each layer is saved: ``progress(layer key, layers done, layers in all)``.
+Progress = Callable[[str, int, int], None]
+
+
+class GridWriter(Protocol):
+    """Where grids and scalars go besides files: :class:`~torch_featureviz.TensorBoardWriter`
+    has these methods. A ``prefix`` attribute, if the writer has one, heads every tag."""
+
+    def log_grid(self, tag: str, grid: torch.Tensor, step: int) -> None: ...
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None: ...
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -113,89 +139,196 @@ def save_overview(
     return path
 
 
-def _unique_stem(name: str, used: set[str]) -> str:
-    stem, k = layer_tag(name), 2
-    base = stem
-    while stem in used:
-        stem, k = f"{base}_{k}", k + 1
-    used.add(stem)
-    return stem
+def _check_cmap(cmap: Any) -> str | None:
+    """A matplotlib colormap name, or ``None`` (grayscale)."""
+    if cmap is None:
+        return None
+    if not isinstance(cmap, str):
+        raise TypeError(
+            f"cmap must be a matplotlib colormap name or None, got {type(cmap).__name__}."
+        )
+    import matplotlib
+
+    if cmap not in matplotlib.colormaps:
+        close = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"cmap {cmap!r} is not a matplotlib colormap.{hint}")
+    return cmap
+
+
+def _check_targets(
+    out_dir: str | os.PathLike[str] | None, writer: GridWriter | None, fmt: str
+) -> Path | None:
+    """Check the targets without touching the disk: the directory is made only once every grid
+    has rendered, so a bad option leaves nothing behind."""
+    if not isinstance(fmt, str):
+        raise TypeError(f"fmt must be a str such as 'png', got {type(fmt).__name__}.")
+    _check_suffix(Path(f"figure.{fmt}"))
+    if writer is not None and not callable(getattr(writer, "log_grid", None)):
+        raise TypeError(
+            f"writer must have a log_grid(tag, grid, step) method (a TensorBoardWriter), got "
+            f"{type(writer).__name__}."
+        )
+    if out_dir is None:
+        if writer is None:
+            raise ValueError("give out_dir, writer or both: there is nowhere to save the grids.")
+        return None
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir must be a path or None, got {type(out_dir).__name__}.")
+    if not os.fspath(out_dir):
+        raise ValueError("out_dir must not be empty; give a directory such as 'figures'.")
+    return Path(out_dir)
+
+
+def _save_layers(
+    grids: Mapping[str, torch.Tensor],
+    titles: Mapping[str, str],
+    out: Path | None,
+    *,
+    stem: str,
+    overview: str,
+    fmt: str,
+    writer: GridWriter | None,
+    tag: tuple[str, ...],
+    step: int,
+    progress: Progress | None,
+) -> list[Path]:
+    """The one save loop: a figure and/or a logged grid per layer, then the overview."""
+    names = list(grids)
+    stems = unique_stems(names)
+    tags = unique_tags(tag[0], names, *tag[1:], prefix=getattr(writer, "prefix", None))
+    paths: list[Path] = []
+    if out is not None:
+        check_writable_dir(out)
+    for done, (name, grid_tag) in enumerate(zip(names, tags, strict=True), start=1):
+        if out is not None:
+            path = out / f"{stem}_{stems[name]}.{fmt}"
+            paths.append(save_grid_figure(grids[name], path, title=titles[name]))
+        if writer is not None:
+            writer.log_grid(grid_tag, grids[name], step)
+        if progress is not None:
+            progress(name, done, len(names))
+    if out is not None and grids:
+        paths.append(save_overview(grids, out / f"{stem}_overview.{fmt}", title=overview))
+    return paths
+
+
+def _weight(name: str, layer: Any) -> torch.Tensor:
+    weight = layer.weight if isinstance(layer, nn.Module) else layer
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(
+            f"layer {name!r} must be a conv module or a weight tensor, got {type(layer).__name__}."
+        )
+    return weight
 
 
 def save_filter_figures(
-    model_or_layers: nn.Module | Mapping[str, nn.Conv2d | torch.Tensor],
-    out_dir: str | os.PathLike[str],
+    model_or_layers: nn.Module | Mapping[str, nn.Module | torch.Tensor],
+    out_dir: str | os.PathLike[str] | None,
     *,
     layers: Any = None,
     channel: FilterChannel = "auto",
     max_filters: int | None = 64,
     fmt: str = "png",
+    writer: GridWriter | None = None,
+    step: int = 0,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Save one filter figure per conv layer plus ``filters_overview.<fmt>`` into ``out_dir``.
 
+    Args:
+        model_or_layers: a model (its convs are found, filtered by ``layers`` globs) or a
+            mapping of layer name to conv module or weight tensor.
+        out_dir: the directory for ``filters_<layer>.<fmt>`` files; ``None`` writes no files
+            (then give ``writer``).
+        channel, max_filters: how filters become tiles (see
+            :func:`~torch_featureviz.make_filter_grid`); checked on every layer before any
+            file is written.
+        fmt: ``png``, ``pdf``, ``svg``, ``jpg`` or ``jpeg``.
+        writer: also log each grid under ``filters/<layer>`` at ``step`` (see the module
+            docstring).
+        progress: called after each layer (see :data:`Progress`).
+
     Returns:
-        The paths written, the overview last.
+        The paths written, the overview last (empty without ``out_dir``).
+
+    Raises:
+        TypeError, ValueError: a bad argument, a ``channel`` a layer cannot show, or neither
+            ``out_dir`` nor ``writer``.
+        OSError: ``out_dir`` cannot be written.
     """
     if isinstance(model_or_layers, nn.Module):
         weights: Mapping[str, Any] = find_conv_layers(model_or_layers, include=layers)
-    else:
+    elif isinstance(model_or_layers, Mapping):
         weights = model_or_layers
-    out = Path(out_dir)
-    check_writable_dir(out)
-    paths: list[Path] = []
-    grids: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for name, w in weights.items():
-        tensor = w.weight if isinstance(w, nn.Conv2d) else w
-        grid = make_filter_grid(tensor, channel=channel, max_filters=max_filters)
-        grids[name] = grid
-        title = f"{name}: filters {tuple(tensor.shape)}"
-        stem = _unique_stem(name, used)
-        paths.append(save_grid_figure(grid, out / f"filters_{stem}.{fmt}", title=title))
-    paths.append(save_overview(grids, out / f"filters_overview.{fmt}", title="Filters"))
-    return paths
+    else:
+        raise TypeError(
+            "model_or_layers must be a model or a {name: conv or weight} mapping, got "
+            f"{type(model_or_layers).__name__}."
+        )
+    out = _check_targets(out_dir, writer, fmt)
+    tensors = {name: _weight(name, w) for name, w in weights.items()}
+    grids = {
+        name: make_filter_grid(t, channel=channel, max_filters=max_filters)
+        for name, t in tensors.items()
+    }
+    titles = {name: f"{name}: filters {tuple(t.shape)}" for name, t in tensors.items()}
+    return _save_layers(
+        grids, titles, out, stem="filters", overview="Filters", fmt=fmt, writer=writer,
+        tag=("filters",), step=step, progress=progress,
+    )
 
 
 def save_feature_figures(
     maps: Mapping[str, torch.Tensor],
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None,
     *,
     mode: str = "hook",
     cmap: str | None = None,
     fmt: str = "png",
     layers: Sequence[str] | None = None,
+    writer: GridWriter | None = None,
+    step: int = 0,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Save one feature-map figure per layer plus ``maps_<mode>_overview.<fmt>`` into ``out_dir``.
 
     Args:
         maps: ``{layer: (C, H, W)}`` as returned by hook or chain mode.
-        mode: ``"hook"`` or ``"chain"``; goes into file names and titles.
+        out_dir: the directory for ``maps_<mode>_<layer>.<fmt>`` files; ``None`` writes no
+            files (then give ``writer``).
+        mode: ``"hook"``, ``"chain"``, ``"probe"``...; goes into file names, titles and tags.
+        cmap: a matplotlib colormap name; ``None`` is grayscale.
         layers: only these names (default: all).
+        writer: also log each grid under ``feature_maps/<mode>/<layer>`` at ``step``.
+        progress: called after each layer (see :data:`Progress`).
 
     Returns:
-        The paths written, the overview last.
+        The paths written, the overview last (empty without ``out_dir``).
+
+    Raises:
+        TypeError, ValueError: a bad argument (an unknown ``cmap``, a name not in ``maps``),
+            empty ``maps``, or neither ``out_dir`` nor ``writer``.
+        OSError: ``out_dir`` cannot be written.
     """
+    if not isinstance(maps, Mapping):
+        raise TypeError(f"maps must be a {{name: tensor}} mapping, got {type(maps).__name__}.")
     if not maps:
         raise ValueError("maps is empty: run a forward pass inside the FeatureCapture first.")
-    out = Path(out_dir)
-    check_writable_dir(out)
+    if not isinstance(mode, str) or not mode.isidentifier():
+        raise ValueError(f"mode must be a simple word such as 'hook' or 'chain', got {mode!r}.")
+    cmap = _check_cmap(cmap)
     names = list(maps) if layers is None else list(layers)
-    paths: list[Path] = []
-    grids: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for name in names:
-        m = maps[name]
-        grid = make_feature_grid(m, cmap=cmap)
-        grids[name] = grid
-        title = f"{name}: {mode} maps {tuple(m.shape)}"
-        stem = _unique_stem(name, used)
-        paths.append(save_grid_figure(grid, out / f"maps_{mode}_{stem}.{fmt}", title=title))
-    paths.append(
-        save_overview(
-            grids, out / f"maps_{mode}_overview.{fmt}", title=f"Feature maps ({mode} mode)"
-        )
+    unknown = [n for n in names if n not in maps]
+    if unknown:
+        raise ValueError(f"layers {unknown[:3]} are not in maps; choose from {list(maps)[:5]}.")
+    out = _check_targets(out_dir, writer, fmt)
+    grids = {name: make_feature_grid(maps[name], cmap=cmap) for name in names}
+    titles = {name: f"{name}: {mode} maps {tuple(maps[name].shape)}" for name in names}
+    return _save_layers(
+        grids, titles, out, stem=f"maps_{mode}", overview=f"Feature maps ({mode} mode)",
+        fmt=fmt, writer=writer, tag=("feature_maps", mode), step=step, progress=progress,
     )
-    return paths
 
 
 # -- chain mode against hook mode ---------------------------------------------------------------
@@ -278,6 +411,7 @@ def save_comparison_figure(
     """
     path = Path(path)
     _check_suffix(path)
+    cmap = _check_cmap(cmap)
     check_writable_dir(path.parent)
     grids = [make_feature_grid(chain_map, cmap=cmap), make_feature_grid(hook_map, cmap=cmap)]
     height = max(g.shape[1] for g in grids)
@@ -343,3 +477,75 @@ def save_similarity_figure(
     fig.savefig(path, dpi=_DPI)
     fig.clear()
     return path
+
+
+def map_similarities(
+    chain_maps: Mapping[str, torch.Tensor], hook_maps: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    """:func:`map_similarity` of every layer in both mappings, in ``chain_maps``' order."""
+    for label, maps in (("chain_maps", chain_maps), ("hook_maps", hook_maps)):
+        if not isinstance(maps, Mapping):
+            kind = type(maps).__name__
+            raise TypeError(f"{label} must be a {{name: tensor}} mapping, got {kind}.")
+    return {n: map_similarity(chain_maps[n], hook_maps[n]) for n in chain_maps if n in hook_maps}
+
+
+def save_comparison_figures(
+    chain_maps: Mapping[str, torch.Tensor],
+    hook_maps: Mapping[str, torch.Tensor],
+    out_dir: str | os.PathLike[str] | None,
+    *,
+    similarity: Mapping[str, float] | None = None,
+    cmap: str | None = None,
+    fmt: str = "png",
+    writer: GridWriter | None = None,
+    step: int = 0,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Chain mode against hook mode for every layer in both: ``compare_<layer>.<fmt>`` each
+    (:func:`save_comparison_figure`), then ``similarity.<fmt>`` (:func:`save_similarity_figure`).
+
+    Args:
+        chain_maps, hook_maps: ``{layer: (C, H, W)}`` from the two modes.
+        out_dir: the directory for the figures; ``None`` writes no files (then give ``writer``).
+        similarity: per-layer values from :func:`map_similarities` (computed when omitted).
+        cmap: a matplotlib colormap name; ``None`` is grayscale.
+        writer: also log each finite similarity as the scalar
+            ``chain_vs_hook/cosine_similarity``, its step the layer's index.
+        progress: called after each layer (see :data:`Progress`).
+
+    Returns:
+        The paths written, the similarity chart last (empty without ``out_dir``).
+
+    Raises:
+        TypeError, ValueError: a bad argument, no layer in both mappings, or neither ``out_dir``
+            nor ``writer``.
+        OSError: ``out_dir`` cannot be written.
+    """
+    values = dict(map_similarities(chain_maps, hook_maps) if similarity is None else similarity)
+    if not values:
+        raise ValueError("no layer is in both chain_maps and hook_maps: nothing to compare.")
+    cmap = _check_cmap(cmap)
+    out = _check_targets(out_dir, writer, fmt)
+    stems = unique_stems(values)
+    prefix = getattr(writer, "prefix", None)
+    tag = "chain_vs_hook/cosine_similarity"
+    tag = f"{prefix}/{tag}" if prefix else tag
+    paths: list[Path] = []
+    if out is not None:
+        check_writable_dir(out)
+    for done, (name, value) in enumerate(values.items(), start=1):
+        if out is not None:
+            paths.append(
+                save_comparison_figure(
+                    name, chain_maps[name], hook_maps[name], out / f"compare_{stems[name]}.{fmt}",
+                    similarity=value, cmap=cmap,
+                )
+            )
+        if writer is not None and math.isfinite(value):
+            writer.log_scalar(tag, value, step + done - 1)
+        if progress is not None:
+            progress(name, done, len(values))
+    if out is not None:
+        paths.append(save_similarity_figure(values, out / f"similarity.{fmt}"))
+    return paths

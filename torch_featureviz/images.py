@@ -3,10 +3,13 @@
 No OpenCV and no download: the built-in image is the photo matplotlib ships as sample data
 (Grace Hopper's portrait).
 
-:func:`load_image` accepts PNG and JPEG files of any size and colour type: grayscale (with or
-without alpha), palette, RGB, RGBA, CMYK JPEG and 16-bit PNG. With ``channels=3`` grayscale is
-repeated to 3 channels and alpha is dropped. A missing, empty, non-image, truncated or corrupt
-file raises an exception with a one-line message that names the file.
+:func:`load_image` accepts PNG and JPEG files of any colour type: grayscale (with or without
+alpha), palette, RGB, RGBA, CMYK JPEG and 16-bit PNG. With ``channels=3`` grayscale is repeated
+to 3 channels and alpha is dropped; ``channels=1`` converts to grayscale; any other count is
+made from the RGB channels, repeated (channel ``i`` is colour ``i % 3``) or cut (``channels=2``
+keeps red and green). A missing, empty, non-image, truncated or corrupt file raises an
+exception with a one-line message that names the file. At most :data:`MAX_IMAGE_BYTES` are
+read, so a device such as ``/dev/zero`` or a huge file given by mistake fails at once.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ import inspect
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "load_image", "preprocess", "sample_image_path"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_IMAGE_BYTES",
+    "load_image",
+    "preprocess",
+    "sample_image_path",
+]
+
+#: The largest file :func:`load_image` reads (256 MiB: far above any photo, far below memory).
+MAX_IMAGE_BYTES = 256 * 2**20
 
 #: The default normalisation when no weights' own transforms are known (torchvision's ImageNet).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,59 +74,109 @@ def _decode_kwargs() -> dict[str, bool]:
     return {}
 
 
-def load_image(path: str | os.PathLike[str] | None = None, *, channels: int = 3) -> torch.Tensor:
+def read_capped(
+    path: Path,
+    max_bytes: int,
+    *,
+    what: str,
+    hint: str,
+    check_head: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """At most ``max_bytes`` of a file, so that a device such as ``/dev/zero`` cannot make a
+    read run forever (private to the package; models.py reads configs with it).
+
+    ``check_head`` sees the first 8 bytes before the rest is read, and may raise.
+
+    Raises:
+        OSError: the file cannot be read (the message names ``what`` and the path).
+        ValueError: the file holds more than ``max_bytes`` (the message ends with ``hint``).
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if check_head is not None:
+                check_head(head)
+            data = head + f.read(max(0, max_bytes - len(head)) + 1)
+    except OSError as e:
+        raise OSError(f"cannot read {what} {str(path)!r}: {e.strerror or e}.") from e
+    if len(data) > max_bytes:
+        raise ValueError(
+            f"{what} {str(path)!r} is larger than {max_bytes} bytes, the most that is read; {hint}"
+        )
+    return data
+
+
+def _check_magic(p: Path) -> Callable[[bytes], None]:
+    def check(head: bytes) -> None:
+        if not head:
+            raise ValueError(f"{str(p)!r} is empty (0 bytes), not an image.")
+        if not (head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC)):
+            raise ValueError(
+                f"{str(p)!r} is not a PNG or JPEG image (it starts with {head!r}); "
+                "convert it to PNG or JPEG."
+            )
+
+    return check
+
+
+def load_image(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    channels: int = 3,
+    max_bytes: int = MAX_IMAGE_BYTES,
+) -> torch.Tensor:
     """Decode a PNG or JPEG file into a ``(C, H, W)`` float32 tensor in [0, 1].
 
     Grayscale images are repeated to 3 channels and RGBA loses its alpha when ``channels=3``;
-    ``channels=1`` gives grayscale. 16-bit PNGs are scaled by 65535, 8-bit images by 255.
+    ``channels=1`` gives grayscale (the decoder's luma conversion). Other counts are made from
+    the RGB channels: repeated, channel ``i`` being colour ``i % 3`` (``channels=6`` is RGBRGB),
+    or cut (``channels=2`` is red and green). 16-bit PNGs are scaled by 65535, 8-bit images by
+    255.
 
     Args:
         path: the file; ``None`` loads the built-in image (:func:`sample_image_path`).
-        channels: 3 (RGB) or 1 (grayscale).
+        channels: the channels of the result, >= 1 (3: RGB, 1: grayscale).
+        max_bytes: the most bytes read; a larger file is refused unread.
 
     Returns:
         ``(channels, H, W)`` float32 tensor with values in [0, 1], at the file's own size.
 
     Raises:
-        TypeError: ``path`` is not a path, or ``channels`` not an int.
-        ValueError: ``channels`` is not 1 or 3; the file is empty, not a PNG or JPEG, or it is
-            truncated or corrupt.
+        TypeError: ``path`` is not a path, or ``channels`` or ``max_bytes`` not an int.
+        ValueError: ``channels`` or ``max_bytes`` < 1, an empty path; the file is empty,
+            larger than ``max_bytes``, not a PNG or JPEG, or it is truncated or corrupt.
         FileNotFoundError: no such file.
         OSError: the file exists but cannot be read (a directory, no permission).
 
     Example::
 
-        >>> load_image().shape
-        torch.Size([3, 600, 512])
+        >>> load_image().shape, load_image(channels=1).shape, load_image(channels=4).shape
+        (torch.Size([3, 600, 512]), torch.Size([1, 600, 512]), torch.Size([4, 600, 512]))
     """
     from torchvision.io import ImageReadMode, decode_image
 
-    if isinstance(channels, bool) or not isinstance(channels, int):
-        raise TypeError(f"channels must be the int 1 or 3, got {type(channels).__name__}.")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}.")
+    for value, label in ((channels, "channels"), (max_bytes, "max_bytes")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{label} must be a positive int, got {type(value).__name__}.")
+        if value < 1:
+            raise ValueError(f"{label} must be >= 1, got {value}.")
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             f"path must be a str or os.PathLike (or None for the built-in image), got "
             f"{type(path).__name__}."
         )
+    if path is not None and not os.fspath(path):
+        raise ValueError("path must not be empty; give an image file (or None for the built-in).")
     p = sample_image_path() if path is None else Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image not found: {str(p)!r}; check the path.")
     if p.is_dir():
         raise IsADirectoryError(f"{str(p)!r} is a directory, not an image file.")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise OSError(f"cannot read image {str(p)!r}: {e.strerror or e}.") from e
-    if not data:
-        raise ValueError(f"{str(p)!r} is empty (0 bytes), not an image.")
-    if not (data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC)):
-        raise ValueError(
-            f"{str(p)!r} is not a PNG or JPEG image (it starts with {data[:8]!r}); "
-            "convert it to PNG or JPEG."
-        )
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    data = read_capped(
+        p, max_bytes, what="image", check_head=_check_magic(p),
+        hint="is it the image you meant? Resize it, or pass a larger max_bytes.",
+    )
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
         with warnings.catch_warnings():
@@ -133,8 +197,11 @@ def load_image(path: str | os.PathLike[str] | None = None, *, channels: int = 3)
     elif img.dtype in (torch.int32, torch.int64) or str(img.dtype) == "torch.uint16":
         scale = 65535.0  # 16-bit PNG (uint16 on new torchvision, int32 on some older ones)
     else:
-        return img.float()
-    return img.float().div_(scale)
+        scale = 1.0
+    out = img.float().div_(scale)
+    if channels not in (1, 3):
+        out = out[torch.arange(channels) % 3]  # repeat (RGBRGB...) or cut (RG)
+    return out
 
 
 def preprocess(

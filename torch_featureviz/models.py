@@ -1,21 +1,37 @@
-"""Build the model to visualise: a torchvision model by name, or the user's own class.
+"""Build the model to visualise: by name (torchvision, ``timm:``, ``hf:``) or the user's class.
+
+Model names:
+
+- ``"resnet50"``, ``"fcn_resnet50"``: a torchvision builder. Detection and segmentation builders
+  get ``weights_backbone=None``, so without ``weights`` nothing is downloaded at all.
+- ``"timm:NAME"``: ``timm.create_model(NAME, pretrained=False)``; needs the ``timm`` extra.
+- ``"hf:CLASS"``: a Hugging Face ``transformers`` model class such as ``"hf:ResNetModel"``,
+  built from its default config or from ``config`` (a local JSON file, as written by
+  ``config.save_pretrained`` or ``config.to_json_file``); needs the ``hf`` extra. ``Auto*``
+  classes need a ``config`` that names its ``model_type``.
+
+timm and transformers are imported only when such a name is used; a missing one is a one-line
+:class:`ModelLoadError` naming the extra to install.
 
 Weights come from one of three places:
 
-- ``weights``: a torchvision weights name such as ``"IMAGENET1K_V2"`` or ``"DEFAULT"`` (or the
-  full ``"ResNet50_Weights.IMAGENET1K_V2"``). torchvision downloads the file into
+- ``weights``: for torchvision, a weights name such as ``"IMAGENET1K_V2"`` or ``"DEFAULT"``
+  (or the full ``"ResNet50_Weights.IMAGENET1K_V2"``), downloaded into
   ``$TORCH_HOME/hub/checkpoints`` the first time; without a network that fails with a plain
-  message saying so.
+  message saying so. For timm, ``"pretrained"`` (or ``"DEFAULT"``) loads timm's default
+  pretrained weights, any other value is a pretrained tag (``NAME.TAG``). For transformers, a
+  Hub id or a local directory for ``from_pretrained``.
 - ``checkpoint``: a file holding a *state dict*, loaded with ``torch.load(weights_only=True)``,
   so it can never run code. A whole pickled model is refused; save ``model.state_dict()``.
-- neither: random initial weights (what torchvision builds with ``weights=None``).
+- neither: random initial weights.
 
-The preprocessing that goes with a model (:attr:`LoadedModel.transform`) is the weights' own
-``.transforms()`` when weights are given, otherwise the documented default,
+The preprocessing that goes with a model (:attr:`LoadedModel.transform`) is the torchvision
+weights' own ``.transforms()`` when they are given, otherwise the documented default,
 :func:`torch_featureviz.images.preprocess` (resize the short side, centre-crop to a square,
-ImageNet mean/std).
+normalise), with the mean/std timm's config names for timm models and ImageNet's otherwise.
 
-Every user error raises :class:`ModelLoadError` (a ``ValueError``) with a one-line message.
+Every user error, whatever the model form, raises :class:`ModelLoadError` (a ``ValueError``)
+with a one-line message; a builder's own exception is chained, never shown raw.
 """
 
 from __future__ import annotations
@@ -35,12 +51,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torch_featureviz.images import preprocess
+from torch_featureviz.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_capped
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model"]
 
 #: Keys listed in a mismatch message, per kind (missing / unexpected).
 _SHOWN_KEYS = 4
+#: A model config is a small JSON file; anything larger (``/dev/zero``) is refused unread.
+_MAX_CONFIG_BYTES = 16 * 2**20
 
 
 class ModelLoadError(ValueError):
@@ -57,12 +75,14 @@ class LoadedModel:
         description: one line saying what was loaded, e.g.
             ``"resnet18 (weights ResNet18_Weights.IMAGENET1K_V1)"``.
         weights: the torchvision weights enum member, or ``None``.
+        input_size: the ``H`` (square) or ``(H, W)`` of what :attr:`transform` makes.
     """
 
     model: nn.Module
     transform: Callable[[torch.Tensor], torch.Tensor]
     description: str
     weights: Any = None
+    input_size: int | tuple[int, int] = 224
 
 
 def _list_models() -> list[str]:
@@ -151,7 +171,13 @@ def _ensure_downloaded(weights: Any, progress: bool) -> None:
         raise ModelLoadError(f"downloading {weights} from {url} failed: {e}") from e
 
 
+def _builder_error(what: str, e: BaseException) -> ModelLoadError:
+    return ModelLoadError(f"building {what} failed: {type(e).__name__}: {_first_line(e)}")
+
+
 def _build_torchvision(name: str, weights: str | None, progress: bool) -> tuple[nn.Module, Any]:
+    import inspect
+
     import torchvision
 
     if name not in torchvision.models.list_models():
@@ -159,17 +185,155 @@ def _build_torchvision(name: str, weights: str | None, progress: bool) -> tuple[
     member = resolve_weights(name, weights) if weights is not None else None
     if member is not None:
         _ensure_downloaded(member, progress)
+    kwargs: dict[str, Any] = {"weights": member, "progress": progress}
+    builder = torchvision.models.get_model_builder(name)
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        # Detection and segmentation builders default to ImageNet backbone weights, which they
+        # download; random weights mean random everywhere. (With ``weights`` torchvision sets
+        # the backbone's to None itself.)
+        kwargs["weights_backbone"] = None
     try:
-        model = torchvision.models.get_model(name, weights=member, progress=progress)
+        model = builder(**kwargs)
     except (OSError, ConnectionError) as e:
+        if member is None:
+            raise _builder_error(name, e) from e
         raise _download_error(member, e) from e
     except RuntimeError as e:
         # torch.hub raises RuntimeError for a corrupt or partially downloaded file.
         if member is None:
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load {member}: {first}") from e
+            raise _builder_error(name, e) from e
+        raise ModelLoadError(f"could not load {member}: {_first_line(e)}") from e
+    except Exception as e:  # a builder may fail in any way; the user gets one line
+        raise _builder_error(name, e) from e
     return model, member
+
+
+def _import_extra(module: str, extra: str, form: str) -> Any:
+    """Import an optional dependency, or say in one line which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ModelLoadError(
+            f"{form} models need {module}, which is not installed: "
+            f"pip install 'torch-featureviz[{extra}]' (or pip install {module})."
+        ) from e
+
+
+def _build_timm(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    timm = _import_extra("timm", "timm", "timm:NAME")
+    if not name:
+        raise ModelLoadError("timm: needs a model name, e.g. timm:resnet18 (timm.list_models()).")
+    if not timm.is_model(name):
+        known = timm.list_models()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(
+            f"unknown timm model {name!r}{hint} (timm.list_models() lists all)"
+        )
+    pretrained = weights is not None
+    if weights is not None and weights not in ("pretrained", "DEFAULT", "default"):
+        name = f"{name.split('.', 1)[0]}.{weights}"  # a pretrained tag, e.g. a1_in1k
+    try:
+        model = timm.create_model(name, pretrained=pretrained)
+    except Exception as e:
+        if pretrained:
+            raise ModelLoadError(
+                f"could not load pretrained weights for timm:{name} ({type(e).__name__}: "
+                f"{_first_line(e)}); without a network, pass --checkpoint FILE instead."
+            ) from e
+        raise _builder_error(f"timm:{name}", e) from e
+    try:
+        config = dict(timm.data.resolve_model_data_config(model))
+    except Exception:  # a model without a pretrained config: the documented default
+        config = {}
+    return model, config
+
+
+def _read_json_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    import json
+
+    p = Path(path)
+    if not os.fspath(path):
+        raise ModelLoadError("--config must not be empty; give a JSON config file.")
+    if not p.exists():
+        raise ModelLoadError(f"config not found: {str(p)!r}; check the path.")
+    if not p.is_file():
+        raise ModelLoadError(f"config {str(p)!r} is not a regular file.")
+    try:
+        data = read_capped(
+            p, _MAX_CONFIG_BYTES, what="config", hint="a model config is a small JSON file."
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(str(e)) from e
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelLoadError(f"config {str(p)!r} is not valid JSON: {_first_line(e)}.") from e
+    if not isinstance(config, dict):
+        raise ModelLoadError(
+            f"config {str(p)!r} holds a JSON {type(config).__name__}, not an object of settings."
+        )
+    return config
+
+
+def _build_hf(
+    class_name: str, weights: str | None, config_path: str | os.PathLike[str] | None
+) -> nn.Module:
+    transformers = _import_extra("transformers", "hf", "hf:CLASS")
+    if not class_name:
+        raise ModelLoadError("hf: needs a model class, e.g. hf:ResNetModel or hf:ConvNextModel.")
+    try:
+        cls = getattr(transformers, class_name)
+    except (AttributeError, ImportError, RuntimeError):
+        names = [n for n in dir(transformers) if n[:1].isupper() and "Model" in n]
+        close = difflib.get_close_matches(class_name, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(
+            f"transformers has no model class {class_name!r}{hint}"
+        ) from None
+    auto = class_name.startswith("Auto")
+    if not (auto and hasattr(cls, "from_config")) and not (
+        isinstance(cls, type) and issubclass(cls, nn.Module)
+    ):
+        raise ModelLoadError(
+            f"transformers.{class_name} is not a model class (a torch.nn.Module); "
+            "use one such as ResNetModel or ConvNextForImageClassification."
+        )
+    if weights is not None:
+        try:
+            model = cls.from_pretrained(weights)
+        except Exception as e:
+            raise ModelLoadError(
+                f"could not load hf:{class_name} weights {weights!r} ({type(e).__name__}: "
+                f"{_first_line(e)}); give a local directory written by save_pretrained, or a "
+                "Hub id on a machine with a network."
+            ) from e
+        return _check_built(model, f"hf:{class_name}")
+    settings = _read_json_config(config_path) if config_path is not None else None
+    try:
+        if auto:
+            if settings is None or "model_type" not in settings:
+                raise ModelLoadError(
+                    f"hf:{class_name} has no default config; give --config FILE.json with a "
+                    "'model_type', or name a concrete class such as hf:ResNetModel."
+                )
+            config = transformers.AutoConfig.for_model(**settings)
+            model = cls.from_config(config)
+        else:
+            config_class = cls.config_class
+            config = config_class() if settings is None else config_class.from_dict(settings)
+            model = cls(config)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise _builder_error(f"hf:{class_name}", e) from e
+    return _check_built(model, f"hf:{class_name}")
+
+
+def _check_built(model: Any, what: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{what} built a {type(model).__name__}, not a torch.nn.Module.")
+    return model
 
 
 def _import_attr(spec: str) -> Any:
@@ -279,6 +443,8 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"checkpoint not found: {str(p)!r}; check the path.")
     if p.is_dir():
         raise ModelLoadError(f"checkpoint {str(p)!r} is a directory, not a file.")
+    if not p.is_file():  # /dev/zero, a pipe: torch.load could read forever
+        raise ModelLoadError(f"checkpoint {str(p)!r} is not a regular file.")
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -317,12 +483,26 @@ def load_state_dict_strictly(
 ) -> None:
     """Load ``state`` into ``model``; on any key or shape mismatch raise a one-line message.
 
+    Which keys are missing or unexpected is what ``model.load_state_dict(strict=False)`` says,
+    so modules that rename or skip keys while loading (their own ``_load_from_state_dict``)
+    are judged as torch judges them. On a mismatch the model may hold part of ``state``:
+    discard it.
+
     Raises:
         ModelLoadError: listing a few missing and unexpected keys, or the mismatched shapes.
     """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    differ = [
+        k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in differ]
+    # load_state_dict raises for a shape mismatch even with strict=False: load the rest first,
+    # so that a checkpoint wrong in both ways is reported by its keys, as before.
+    result = model.load_state_dict(
+        {k: v for k, v in state.items() if k not in differ}, strict=False
+    )
+    missing = [k for k in result.missing_keys if k not in differ]
+    unexpected = list(result.unexpected_keys)
     if missing or unexpected:
         parts = []
         if missing:
@@ -334,37 +514,42 @@ def load_state_dict_strictly(
             + "; ".join(parts)
             + ". Check that it was saved from the same architecture."
         )
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
     if shapes:
         raise ModelLoadError(
             f"checkpoint {source!r} does not match {type(model).__name__}: "
             f"{len(shapes)} tensors differ in shape (checkpoint vs model): {_few(shapes)}."
         )
-    model.load_state_dict(state, strict=True)
 
 
-def _default_transform(size: int | tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _per_channel(values: tuple[float, ...], c: int) -> list[float]:
+    """Mean or std for ``c`` channels made by :func:`~torch_featureviz.images.load_image`: channel
+    ``i`` repeats colour channel ``i % 3``, so it takes that channel's value."""
+    return [values[i % len(values)] for i in range(c)]
+
+
+def _default_transform(
+    size: int | tuple[int, int],
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(size, tuple):
         h, w = size
 
         def transform(image: torch.Tensor) -> torch.Tensor:
             from torchvision.transforms import functional as tvf
 
-            from torch_featureviz.images import IMAGENET_MEAN, IMAGENET_STD
-
             c = image.shape[0]
             x = tvf.resize(image.float(), [h, w], antialias=True)
-            x = tvf.normalize(x, list(IMAGENET_MEAN)[:c], list(IMAGENET_STD)[:c])
+            x = tvf.normalize(x, _per_channel(mean, c), _per_channel(std, c))
             return x.unsqueeze(0)
 
         return transform
 
     def square(image: torch.Tensor) -> torch.Tensor:
-        return preprocess(image, size=size)
+        c = image.shape[0]
+        return preprocess(
+            image, size=size, mean=tuple(_per_channel(mean, c)), std=tuple(_per_channel(std, c))
+        )
 
     return square
 
@@ -378,26 +563,50 @@ def _weights_transform(weights: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return transform
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """``"timm:resnet18"`` -> ``("timm", "resnet18")``; a torchvision name -> ``("", name)``."""
+    for form in ("timm", "hf"):
+        if name.startswith(form + ":"):
+            return form, name[len(form) + 1 :]
+    return "", name
+
+
+def _check_size(size: Any) -> None:
+    sizes = size if isinstance(size, tuple) else (size,)
+    if not sizes or len(sizes) > 2 or any(
+        isinstance(s, bool) or not isinstance(s, int) for s in sizes
+    ):
+        raise TypeError(f"input_size must be an int, (H, W) or None, got {size!r}.")
+    if any(s < 1 for s in sizes):
+        raise ValueError(f"input_size must be a positive int or (H, W), got {size!r}.")
+
+
 def load_model(
     name: str | None = None,
     *,
     weights: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     model_class: str | None = None,
-    input_size: int | tuple[int, int] = 224,
+    config: str | os.PathLike[str] | None = None,
+    input_size: int | tuple[int, int] | None = None,
     progress: bool = False,
 ) -> LoadedModel:
-    """Build a model by torchvision name or from the user's class, with optional weights.
+    """Build a model by name (torchvision, ``timm:NAME``, ``hf:CLASS``) or from the user's class.
 
     Args:
-        name: a torchvision model name (``"resnet50"``); omit it when ``model_class`` is given.
-        weights: a torchvision weights name (``"IMAGENET1K_V2"``, ``"DEFAULT"``); downloaded by
-            torchvision if not cached. Only with ``name``.
+        name: a torchvision model name (``"resnet50"``), ``"timm:NAME"`` or ``"hf:CLASS"`` (see
+            the module docstring); omit it when ``model_class`` is given.
+        weights: pretrained weights (see the module docstring); nothing is downloaded without
+            them. Not with ``model_class``.
         checkpoint: a state-dict file, loaded with ``weights_only=True``; keys must match.
         model_class: ``"package.module:Class"`` or ``"file.py:Class"``: the user's own
             ``nn.Module`` class (or a function returning one), called with no arguments.
+        config: a local JSON config file for an ``hf:`` model (default: the class's own
+            default config).
         input_size: side of the square crop (or ``(H, W)``, resized without crop) of the default
-            preprocessing; ignored when ``weights`` bring their own transforms.
+            preprocessing; ``None``: the model's own (timm's config, an ``hf:`` config's
+            ``image_size``), else 224. Ignored when torchvision ``weights`` bring their own
+            transforms.
         progress: show a download progress bar on stderr when weights are fetched.
 
     Returns:
@@ -405,27 +614,33 @@ def load_model(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ModelLoadError: unknown model or weights name (listing valid ones), failed download,
-            missing or unreadable checkpoint, a pickle that is not a pure state dict, or keys that
-            do not match (listing a few missing and unexpected ones).
+        ModelLoadError: unknown model, class or weights name (listing close ones), a missing
+            optional extra, a builder that fails, a failed download, a missing or unreadable
+            checkpoint or config, a pickle that is not a pure state dict, or keys that do not
+            match (listing a few missing and unexpected ones).
 
     Example::
 
         >>> loaded = load_model("resnet18", input_size=64)
-        >>> loaded.description, loaded.model.training
-        ('resnet18 (random weights)', False)
+        >>> loaded.description, loaded.model.training, loaded.input_size
+        ('resnet18 (random weights)', False, 64)
     """
     for value, label in ((name, "name"), (weights, "weights"), (model_class, "model_class")):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{label} must be a str or None, got {type(value).__name__}.")
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a path or None, got {type(checkpoint).__name__}.")
-    sizes = input_size if isinstance(input_size, tuple) else (input_size,)
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"input_size must be a positive int or (H, W), got {input_size!r}.")
+    for path, label in ((checkpoint, "checkpoint"), (config, "config")):
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"{label} must be a path or None, got {type(path).__name__}.")
+        if path is not None and not os.fspath(path):
+            raise ModelLoadError(f"--{label} must not be empty; give a file.")
+    if input_size is not None:
+        _check_size(input_size)
+    if weights is not None and not weights:
+        raise ModelLoadError("--weights must not be empty; give a weights name such as DEFAULT.")
     if (name is None) == (model_class is None):
         raise ModelLoadError(
-            "give either a torchvision model name or --model-class module:Class (exactly one)."
+            "give either a model name (torchvision, timm:NAME or hf:CLASS) or --model-class "
+            "module:Class (exactly one)."
         )
     if weights is not None and checkpoint is not None:
         raise ModelLoadError("--weights and --checkpoint both set the weights; give only one.")
@@ -434,22 +649,54 @@ def load_model(
             "--weights names torchvision weights and needs a torchvision model name; for your "
             "own class use --checkpoint FILE."
         )
+    form, bare = _split_name(name) if name is not None else ("", "")
+    if config is not None and form != "hf":
+        raise ModelLoadError("--config is the config file of an hf:CLASS model; give hf:CLASS.")
+    if config is not None and weights is not None:
+        raise ModelLoadError(
+            "--config and --weights both define an hf: model; from_pretrained brings its own "
+            "config, so give only one."
+        )
     member = None
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    own_size: int | tuple[int, int] | None = None
     if model_class is not None:
         model = _build_user_model(model_class)
         what = model_class
+    elif form == "timm":
+        model, data = _build_timm(bare, weights)
+        mean = tuple(data.get("mean", mean))
+        std = tuple(data.get("std", std))
+        shape = data.get("input_size")
+        if isinstance(shape, tuple) and len(shape) == 3:
+            own_size = shape[1] if shape[1] == shape[2] else (shape[1], shape[2])
+        what = str(name)
+    elif form == "hf":
+        model = _build_hf(bare, weights, config)
+        image_size = getattr(getattr(model, "config", None), "image_size", None)
+        if isinstance(image_size, int) and not isinstance(image_size, bool) and image_size > 0:
+            own_size = image_size
+        what = str(name)
     else:
-        assert name is not None
-        model, member = _build_torchvision(name, weights, progress)
-        what = name
+        model, member = _build_torchvision(bare, weights, progress)
+        what = bare
     if checkpoint is not None:
         state = _read_checkpoint(checkpoint)
         load_state_dict_strictly(model, state, os.fspath(checkpoint))
         source = f"checkpoint {os.fspath(checkpoint)}"
     elif member is not None:
         source = f"weights {member}"
+    elif weights is not None:
+        source = f"pretrained weights {weights}"
     else:
         source = "random weights"
     model.eval()
-    transform = _weights_transform(member) if member is not None else _default_transform(input_size)
-    return LoadedModel(model, transform, f"{what} ({source})", member)
+    size = input_size if input_size is not None else own_size if own_size is not None else 224
+    if member is not None:
+        transform = _weights_transform(member)
+        crop = getattr(member.transforms(), "crop_size", None)
+        if isinstance(crop, (list, tuple)) and len(crop) == 1:
+            size = int(crop[0])
+    else:
+        transform = _default_transform(size, mean, std)
+    return LoadedModel(model, transform, f"{what} ({source})", member, size)
