@@ -359,26 +359,6 @@ def user_nets(tmp_path: Path) -> Path:
     return path
 
 
-def _capture_takes_any_channels() -> bool:
-    """The capture no longer checks the first conv's channels (the lead's capture rework)."""
-    model = torch.nn.Sequential(torch.nn.PixelUnshuffle(2), torch.nn.Conv2d(12, 2, 1))
-    try:
-        torch_featureviz_capture(model, torch.zeros(1, 3, 4, 4))
-    except ValueError:
-        return False
-    return True
-
-
-def torch_featureviz_capture(model: torch.nn.Module, x: torch.Tensor) -> object:
-    from torch_featureviz import capture_feature_maps
-
-    return capture_feature_maps(model, x)
-
-
-@pytest.mark.xfail(
-    not _capture_takes_any_channels(), strict=True,
-    reason="capture_feature_maps still refuses an input the first conv does not take",
-)
 def test_space_to_depth_stem_runs_info_and_maps(
     user_nets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

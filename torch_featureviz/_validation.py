@@ -213,16 +213,17 @@ def check_model_input(
             raise ValueError(f"{name} must have a batch dimension, got a 0-D tensor.")
         if unbatched_dims is not None and inputs.dim() == unbatched_dims:
             inputs = inputs.unsqueeze(0)
-        first: torch.Tensor | None = inputs
+        first: torch.Tensor = inputs
     elif isinstance(inputs, (tuple, list, Mapping)):
         if isinstance(inputs, Mapping) and not all(isinstance(k, str) for k in inputs):
             raise TypeError(f"{name} as a dict must have str keys (the forward's argument names).")
-        first = _first_tensor(inputs)
-        if first is None:
+        found = _first_tensor(inputs)
+        if found is None:
             raise TypeError(
                 f"{name} must be a torch.Tensor, or a tuple or dict holding the model's input "
                 f"tensors, got a {type(inputs).__name__} with no tensor in it."
             )
+        first = found
     else:
         raise TypeError(
             f"{name} must be a torch.Tensor, a tuple of inputs or a dict of keyword inputs, got "
@@ -241,7 +242,7 @@ def match_model(inputs: ModelInput, model: nn.Module) -> ModelInput:
 
     Follows the model after ``model.half()``, ``.to(torch.bfloat16)`` or ``.to(device)``.
     """
-    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    ref: torch.Tensor | None = next((p for p in model.parameters() if p.is_floating_point()), None)
     if ref is None:
         ref = next((b for b in model.buffers() if b.is_floating_point()), None)
     if ref is None:

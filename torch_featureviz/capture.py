@@ -52,13 +52,13 @@ __all__ = [
 ]
 
 Record = Literal["all", "grad"]
-_RECORD = ("all", "grad")
+_RECORD: tuple[Record, ...] = ("all", "grad")
 
 #: A builtin that takes any arguments and returns None. A copied or pickled model gets this in
 #: place of the package's hooks, so ``copy.deepcopy`` (EMA and SWA models) yields inert hooks and
 #: ``torch.save(model)`` writes a file that loads without torch_featureviz installed (it pickles
 #: as ``getattr(None, "__init__")``).
-_INERT = None.__init__
+_INERT = None.__init__  # type: ignore[misc]
 
 
 def _compiling() -> bool:
@@ -245,7 +245,7 @@ class FeatureCapture:
         check_module(model)
         self.max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
         self.sample = check_non_negative_int(sample, "sample")
-        self.record: Record = check_choice(record, "record", _RECORD)  # type: ignore[assignment]
+        self.record: Record = check_choice(record, "record", _RECORD)
         self.max_calls = check_positive_int(max_calls, "max_calls", allow_none=True)
         self.observers: list[PassObserver] = list(observers)
         for obs in self.observers:
@@ -255,7 +255,7 @@ class FeatureCapture:
                 )
         self.model = model
         self.root = unwrap_model(model)
-        self.layers: dict[str, nn.Module] = find_conv_layers(self.root, include=layers)
+        self.layers: dict[str, nn.Module] = dict(find_conv_layers(self.root, include=layers))
         #: When False the hooks return at once; toggle it instead of removing hooks (keeps
         #: compiled graphs valid and makes unsampled steps free).
         self.enabled = True

@@ -176,10 +176,10 @@ def _path(text: str) -> str:
 
 
 def _cmap(text: str) -> str:
-    from torch_featureviz.figures import _check_cmap
+    from torch_featureviz._validation import check_cmap
 
     try:
-        _check_cmap(text)
+        check_cmap(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text

@@ -16,7 +16,6 @@ layer, and save the overview last.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from torch_featureviz._validation import check_writable_dir
+from torch_featureviz._validation import check_cmap, check_writable_dir
 from torch_featureviz.discovery import find_conv_layers
 from torch_featureviz.naming import unique_stems, unique_tags
 from torch_featureviz.render import FilterChannel, make_feature_grid, make_filter_grid
@@ -137,23 +136,6 @@ def save_overview(
     fig.savefig(path, dpi=_DPI)
     fig.clear()
     return path
-
-
-def _check_cmap(cmap: Any) -> str | None:
-    """A matplotlib colormap name, or ``None`` (grayscale)."""
-    if cmap is None:
-        return None
-    if not isinstance(cmap, str):
-        raise TypeError(
-            f"cmap must be a matplotlib colormap name or None, got {type(cmap).__name__}."
-        )
-    import matplotlib
-
-    if cmap not in matplotlib.colormaps:
-        close = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"cmap {cmap!r} is not a matplotlib colormap.{hint}")
-    return cmap
 
 
 def _check_targets(
@@ -317,7 +299,7 @@ def save_feature_figures(
         raise ValueError("maps is empty: run a forward pass inside the FeatureCapture first.")
     if not isinstance(mode, str) or not mode.isidentifier():
         raise ValueError(f"mode must be a simple word such as 'hook' or 'chain', got {mode!r}.")
-    cmap = _check_cmap(cmap)
+    cmap = check_cmap(cmap)
     names = list(maps) if layers is None else list(layers)
     unknown = [n for n in names if n not in maps]
     if unknown:
@@ -411,7 +393,7 @@ def save_comparison_figure(
     """
     path = Path(path)
     _check_suffix(path)
-    cmap = _check_cmap(cmap)
+    cmap = check_cmap(cmap)
     check_writable_dir(path.parent)
     grids = [make_feature_grid(chain_map, cmap=cmap), make_feature_grid(hook_map, cmap=cmap)]
     height = max(g.shape[1] for g in grids)
@@ -525,7 +507,7 @@ def save_comparison_figures(
     values = dict(map_similarities(chain_maps, hook_maps) if similarity is None else similarity)
     if not values:
         raise ValueError("no layer is in both chain_maps and hook_maps: nothing to compare.")
-    cmap = _check_cmap(cmap)
+    cmap = check_cmap(cmap)
     out = _check_targets(out_dir, writer, fmt)
     stems = unique_stems(values)
     prefix = getattr(writer, "prefix", None)

@@ -111,7 +111,8 @@ class ActivationStatistics(PassObserver):
     def watch(self, root: nn.Module) -> dict[str, nn.Module]:
         if not self.after_activation:
             return {}
-        return {n: m for n, m in root.named_modules() if isinstance(m, (*ACTIVATIONS, *NORMS))}
+        kinds = (*ACTIVATIONS, *NORMS)
+        return {n: m for n, m in root.named_modules() if isinstance(m, kinds)}
 
     def start(self, record: PassRecord) -> None:
         self._pending = {} if self.enabled and record.kind != "probe" else None
