@@ -10,7 +10,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_featureviz.py"
@@ -120,44 +119,6 @@ def test_chain_fidelity_pools_to_the_smaller_map():
     assert got["resized_layers"] == 1 and got["layers"] == 2
     assert got["per_layer"]["a"] == pytest.approx(1.0)
     assert got["min"] == pytest.approx(-1.0) and got["min_layer"] == "b"
-
-
-# -- the performance helpers the benchmark motivated (see benchmarks/RESULTS.md) ---------------
-def test_fast_crc32c_matches_tensorboard():
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c, masked_crc32c
-
-    from torch_featureviz import _png
-
-    assert _png.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    rng = np.random.default_rng(0)
-    # Around the byte-loop cut-off (128), the lane size (64) and each merge level (64 lanes of
-    # 64 bytes, 64 of those): every padding and merge path.
-    sizes = (0, 1, 7, 127, 128, 129, 191, 4095, 4096, 4097, 65_536, 100_003, 262_143, 262_145)
-    for n in sizes:
-        data = rng.integers(0, 256, size=n, dtype=np.uint8).tobytes()
-        assert _png.crc32c(data) == crc32c(data), n
-        assert _png.masked_crc32c(data) == masked_crc32c(data), n
-    for data in (bytes(5000), b"\xff" * 5000, bytes(300) + b"\x01"):  # leading zeros matter
-        assert _png.crc32c(data) == crc32c(data)
-
-
-def test_fast_event_records_read_back_with_checksums(tmp_path):
-    import torch
-    from tensorboard.compat.tensorflow_stub import errors
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
-
-    from torch_featureviz import TensorBoardWriter
-
-    with TensorBoardWriter(tmp_path) as tb:
-        tb.log_feature_maps({"a": torch.randn(64, 40, 40), "b": torch.randn(2, 3, 3)}, step=0)
-    (event_file,) = [p for p in tmp_path.iterdir() if p.name.startswith("events")]
-    reader = PyRecordReader_New(os.fspath(event_file))  # verifies both CRCs of every record
-    records = 0
-    with pytest.raises(errors.OutOfRangeError):
-        while True:
-            reader.GetNext()
-            records += 1
-    assert records == 2  # file version + one event holding both images (one record per call)
 
 
 # -- the prepared GPU check (benchmarks/gpu_check.sh) cannot rot between GPU runs ---------------

@@ -1,4 +1,5 @@
 import io
+import os
 import re
 from pathlib import Path
 
@@ -169,3 +170,22 @@ def test_parallel_and_serial_encoding_write_the_same_images(tmp_path, threads):
 def test_tensorboard_command_keeps_every_image():
     cmd = tensorboard_command(Path("runs/x"))
     assert cmd.startswith("tensorboard --logdir runs/x") and "--samples_per_plugin images=" in cmd
+
+
+def test_own_event_file_records_read_back_with_checksums(tmp_path):
+    import torch
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+
+    from torch_featureviz import TensorBoardWriter
+
+    with TensorBoardWriter(tmp_path) as tb:
+        tb.log_feature_maps({"a": torch.randn(64, 40, 40), "b": torch.randn(2, 3, 3)}, step=0)
+    (event_file,) = [p for p in tmp_path.iterdir() if p.name.startswith("events")]
+    reader = PyRecordReader_New(os.fspath(event_file))  # verifies both CRCs of every record
+    records = 0
+    with pytest.raises(errors.OutOfRangeError):
+        while True:
+            reader.GetNext()
+            records += 1
+    assert records == 2  # file version + one event holding both images (one record per call)
