@@ -589,6 +589,45 @@ def _output_options() -> _Parser:
     return p
 
 
+# -- timelapse ------------------------------------------------------------------------------------
+
+
+def _cmd_timelapse(args: argparse.Namespace) -> int:
+    from torch_featureviz.timelapse import write_timelapse
+
+    with _user_input():
+        path = write_timelapse(
+            args.logdir, args.layer, args.output, view=args.view, prefix=args.prefix
+        )
+    _say(args, f"wrote {path}")
+    return EXIT_OK
+
+
+def _add_timelapse_parser(sub: Any, common: dict[str, Any]) -> None:
+    p = sub.add_parser(
+        "timelapse", help="one layer over training as an animated GIF, from the event files",
+        description=_wrap(
+            "Write an animated GIF of one layer's filters or feature maps over training, "
+            "each frame labelled with its step, read from the TensorBoard event files alone "
+            "(no model, no rerun)."
+        ),
+        epilog=_EPILOG, **common,
+    )
+    p.add_argument("logdir", metavar="LOGDIR", help="the run's log directory")
+    p.add_argument("--layer", required=True, metavar="NAME", help="layer name, e.g. conv1")
+    p.add_argument(
+        "--view", choices=("filters", "hook", "probe", "chain"), default="filters",
+        help="filters, or the maps of the training batch (hook), probe or chain (default: filters)",
+    )
+    p.add_argument("--prefix", metavar="NAME", help="the monitor's name, when a run has several")
+    p.add_argument(
+        "-o", "--output", metavar="PATH",
+        help="the GIF to write (default: LOGDIR/timelapse_<view>_<layer>.gif)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=_cmd_timelapse)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``featureviz`` argument parser (``demo`` and ``bench`` parse their own arguments)."""
     parser = _Parser(
@@ -661,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cmap", metavar="NAME", help="matplotlib colormap (default: grayscale)")
     p.set_defaults(func=_cmd_maps)
+    _add_timelapse_parser(sub, common)
 
     p = sub.add_parser("demo", help=_DEMO_HELP, add_help=False)
     p.set_defaults(func=_cmd_demo, passthrough=True)
@@ -687,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not passthrough:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
-        parser.error("choose a command: info, filters, maps, demo or bench")
+        parser.error("choose a command: info, filters, maps, timelapse, demo or bench")
     old_format = warnings.formatwarning
     warnings.formatwarning = _format_warning  # one line per warning, like the errors
     try:
