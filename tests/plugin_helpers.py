@@ -242,6 +242,27 @@ class Chromium:
                 raise TimeoutError(f"not true within {timeout} s: {expression}")
             time.sleep(0.05)
 
+    def click(self, selector: str, fx: float = 0.5, fy: float = 0.5) -> None:
+        """Click like a user: scroll ``selector`` into view and press the mouse at
+        ``(fx, fy)`` of its box (fractions of its width and height)."""
+        box = self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " if (!e) return null; e.scrollIntoView({block: 'center'});"
+            " const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()"
+        )
+        if box is None:
+            raise LookupError(f"nothing matches {selector!r}")
+        x, y = box[0] + box[2] * fx, box[1] + box[3] * fy
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
+                      clickCount=1)
+
+    def key(self, key: str, code: int) -> None:
+        """Press and release one key (``"ArrowLeft"``, 37) on the focused element."""
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, key=key, code=key,
+                      windowsVirtualKeyCode=code)
+
     def navigate(self, url: str) -> None:
         self.call("Page.navigate", url=url)
 
