@@ -111,7 +111,9 @@ def poll(check, timeout: float, what: str) -> float:  # type: ignore[no-untyped-
     raise TimeoutError(f"no {what} within {timeout} s")
 
 
-def first_view(server: TensorBoardServer, profile: Path, listed_at: float) -> tuple[float, Chromium]:
+def first_view(
+    server: TensorBoardServer, profile: Path, listed_at: float
+) -> tuple[float, Chromium]:
     browser = Chromium(profile, window=(1400, 1000))
     started = time.monotonic()
     browser.navigate(server.url + ENTRY)

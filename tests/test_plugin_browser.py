@@ -74,9 +74,11 @@ def test_slider_keys_tiles_heat_map_and_compare(
     browser.navigate(server.url + ENTRY)
     browser.wait_for("document.body && document.body.dataset.ready === 'true'")
     # The index: model order, grouped by module path, with a filter box.
-    layers = browser.evaluate("[...document.querySelectorAll('.fv-layer')].map(b => b.dataset.layer)")
+    layers = browser.evaluate(
+        "[...document.querySelectorAll('.fv-layer')].map(b => b.dataset.layer)")
     assert layers == MODEL_ORDER
-    groups = browser.evaluate("[...document.querySelectorAll('.fv-group summary')].map(s => s.textContent)")
+    groups = browser.evaluate(
+        "[...document.querySelectorAll('.fv-group summary')].map(s => s.textContent)")
     assert groups == ["(top level)", "layer1.0", "layer2.0"]
     # First view: the first layer at the last step, every panel loaded.
     browser.wait_for(f"{ALL_SHOW}(6)")
@@ -86,7 +88,8 @@ def test_slider_keys_tiles_heat_map_and_compare(
     browser.wait_for("document.querySelectorAll('.fv-card').length === 2")
     browser.click(".fv-card[data-layer='conv1'] .fv-close")
     browser.wait_for("document.querySelectorAll('.fv-card').length === 1")
-    views = browser.evaluate("[...document.querySelectorAll('img.fv-grid')].map(i => i.dataset.view)")
+    views = browser.evaluate(
+        "[...document.querySelectorAll('img.fv-grid')].map(i => i.dataset.view)")
     assert views == ["filters", "hook", "probe"]
     browser.wait_for(f"{ALL_SHOW}(6)")
     before = len(_image_requests(browser))
@@ -96,7 +99,8 @@ def test_slider_keys_tiles_heat_map_and_compare(
     browser.click("#fv-slider", fx=0.34)
     browser.wait_for("document.body.dataset.step === '2'")
     browser.wait_for(f"{ALL_SHOW}(2)")
-    captions = browser.evaluate("[...document.querySelectorAll('.fv-when')].map(c => c.textContent)")
+    captions = browser.evaluate(
+        "[...document.querySelectorAll('.fv-when')].map(c => c.textContent)")
     assert captions == ["step 2"] * 3
     new = _image_requests(browser)[before:]
     assert sorted(r["tag"] for r in new) == sorted(
@@ -126,7 +130,8 @@ def test_slider_keys_tiles_heat_map_and_compare(
     )
     browser.wait_for("document.querySelectorAll('img.fv-grid').length === 6")
     browser.wait_for(f"{ALL_SHOW}(4)")
-    runs = browser.evaluate("[...document.querySelectorAll('img.fv-grid')].map(i => i.dataset.run)")
+    runs = browser.evaluate(
+        "[...document.querySelectorAll('img.fv-grid')].map(i => i.dataset.run)")
     assert runs == ["lr_0.01"] * 3 + ["lr_0.1"] * 3  # the first run (sorted), then the other
     browser.click("img.fv-grid[data-view='filters']", fx=0.5, fy=0.5)
     browser.wait_for("document.querySelector('.fv-tile').dataset.stripSteps")

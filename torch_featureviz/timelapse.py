@@ -39,7 +39,7 @@ LABEL_HEIGHT = 14
 
 
 def timelapse_tag(layer: str, view: str = "filters", prefix: str | None = None) -> str:
-    """The image tag of ``layer``'s ``view``: ``filters/<layer>`` or ``feature_maps/<view>/<layer>``.
+    """The image tag of ``layer``'s ``view``: ``filters/<l>`` or ``feature_maps/<view>/<l>``.
 
     Args:
         layer: a layer key (``"layer1.0.conv1"``, ``"shared#1"``) or its tag spelling.

@@ -224,7 +224,9 @@ def grid_geometry(
             if rows in allowed and (best is None or cols * rows > best[0] * best[1]):
                 best = (cols, rows)
     if best is None:
-        raise ValueError(f"a {width}x{height} image fits no near-square grid with padding {padding}.")
+        raise ValueError(
+            f"a {width}x{height} image fits no near-square grid with padding {padding}."
+        )
     cols, rows = best
     tw = (width - padding) // cols - padding
     th = (height - padding) // rows - padding

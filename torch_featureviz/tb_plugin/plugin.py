@@ -41,6 +41,8 @@ _STATIC = {"index.js": "text/javascript", "style.css": "text/css"}
 _MANY = 1_000_000  # "every sample the server kept"; --samples_per_plugin decides how many
 _BLOB_CACHE_S = 2.0
 _STRIP_MAX = 48
+# werkzeug types its decorator for plain functions; on methods mypy cannot match it.
+_application: Any = wrappers.Request.application
 
 
 def _arg(request: Any, name: str, *, required: bool = True) -> str:
@@ -106,7 +108,9 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         return any(parse_tag(tag) is not None for tags in listing.values() for tag in tags)
 
     def frontend_metadata(self) -> base_plugin.FrontendMetadata:
-        return base_plugin.FrontendMetadata(es_module_path="/static/index.js", tab_name="featureviz")
+        return base_plugin.FrontendMetadata(
+            es_module_path="/static/index.js", tab_name=PLUGIN_NAME
+        )
 
     # -- data access ----------------------------------------------------------------------------
     @staticmethod
@@ -171,7 +175,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         return bytes(self._provider.read_blob(ctx, blob_key=keys[step]))
 
     # -- routes ---------------------------------------------------------------------------------
-    @wrappers.Request.application
+    @_application
     def _serve_index(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         images = self._provider.list_blob_sequences(ctx, experiment_id=eid, plugin_name="images")
@@ -185,7 +189,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
                 runs[run] = {"models": models}
         return _json(request, {"runs": runs})
 
-    @wrappers.Request.application
+    @_application
     def _serve_layer(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         run, prefix, name = _arg(request, "run"), _arg(request, "prefix", required=False), _arg(
@@ -219,14 +223,16 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         if entry["stats"]:
             data = self._provider.read_scalars(
                 ctx, experiment_id=eid, plugin_name="scalars", downsample=_MANY,
-                run_tag_filter=provider.RunTagFilter(runs=[run], tags=list(entry["stats"].values())),
+                run_tag_filter=provider.RunTagFilter(
+                    runs=[run], tags=list(entry["stats"].values())
+                ),
             ).get(run, {})
             for stat, tag in entry["stats"].items():
                 stats[stat] = [[int(d.step), float(d.value)] for d in data.get(tag, [])]
         return _json(request, {"run": run, "prefix": prefix, "layer": name, "group": entry["group"],
                                "views": views, "stats": stats})
 
-    @wrappers.Request.application
+    @_application
     def _serve_image(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         data = self._png(ctx, eid, _arg(request, "run"), _arg(request, "tag"),
@@ -239,7 +245,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
 
-    @wrappers.Request.application
+    @_application
     def _serve_tiles(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         data = self._png(ctx, eid, _arg(request, "run"), _arg(request, "tag"),
@@ -252,7 +258,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         return _json(request, {"width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
                                **geometry.as_dict()})
 
-    @wrappers.Request.application
+    @_application
     def _serve_strip(self, request: Any) -> wrappers.Response:
         from PIL import Image
 
@@ -289,7 +295,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         response.headers["X-Featureviz-Steps"] = ",".join(str(s) for s in steps)
         return response
 
-    @wrappers.Request.application
+    @_application
     def _serve_deadmap(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         run, prefix = _arg(request, "run"), _arg(request, "prefix", required=False)
@@ -320,7 +326,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         return _json(request, {"layers": [x["layer"] for x in layers], "steps": steps,
                                "values": values})
 
-    @wrappers.Request.application
+    @_application
     def _serve_timelapse(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         run, tag = _arg(request, "run"), _arg(request, "tag")
@@ -334,7 +340,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         response.headers["Content-Disposition"] = f'attachment; filename="timelapse_{safe}.gif"'
         return response
 
-    @wrappers.Request.application
+    @_application
     def _serve_static(self, request: Any) -> wrappers.Response:
         name = request.path.rsplit("/", 1)[-1]
         if name not in _STATIC:
