@@ -717,11 +717,50 @@ def _add_bench(sub: Any, parents: Parents) -> None:
     p.set_defaults(func=_cmd_bench, passthrough=True)
 
 
+# -- timelapse ------------------------------------------------------------------------------------
+
+
+def _cmd_timelapse(args: argparse.Namespace) -> int:
+    from torch_featureviz.timelapse import write_timelapse
+
+    with _user_input():
+        path = write_timelapse(
+            args.logdir, args.layer, args.output, view=args.view, prefix=args.prefix
+        )
+    _say(args, f"wrote {path}")
+    return EXIT_OK
+
+
+def _add_timelapse(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser(
+        "timelapse", help="one layer over training as an animated GIF, from the event files",
+        description=_wrap(
+            "Write an animated GIF of one layer's filters or feature maps over training, "
+            "each frame labelled with its step, read from the TensorBoard event files alone "
+            "(no model, no rerun)."
+        ),
+        **parents.formatting,
+    )
+    p.add_argument("logdir", metavar="LOGDIR", help="the run's log directory")
+    p.add_argument("--layer", required=True, metavar="NAME", help="layer name, e.g. conv1")
+    p.add_argument(
+        "--view", choices=("filters", "hook", "probe", "chain"), default="filters",
+        help="filters, or the maps of the training batch (hook), probe or chain (default: filters)",
+    )
+    p.add_argument("--prefix", metavar="NAME", help="the monitor's name, when a run has several")
+    p.add_argument(
+        "-o", "--output", metavar="PATH",
+        help="the GIF to write (default: LOGDIR/timelapse_<view>_<layer>.gif)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=_cmd_timelapse)
+
+
 #: Each command registers itself: ``add(subparsers, parents)`` adds its parser and sets
 #: ``func`` (``func(args) -> exit code``; with ``passthrough=True``, ``func(args, extra)``
 #: gets the arguments it parses itself). A new command is one function and one entry here.
 COMMANDS: list[Callable[[Any, Parents], None]] = [
-    _add_info, _add_filters, _add_maps, _add_demo, _add_bench,
+    _add_info, _add_filters, _add_maps, _add_timelapse, _add_demo, _add_bench,
 ]
 
 

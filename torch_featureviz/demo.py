@@ -306,6 +306,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from torch_featureviz.monitor import FeatureMonitor
     from torch_featureviz.render import make_image_grid
     from torch_featureviz.tensorboard import tensorboard_command
+    from torch_featureviz.timelapse import write_timelapse
 
     steps, every, device = _check_args(args)
     out = Path(args.out)
@@ -375,6 +376,7 @@ def run_demo(args: argparse.Namespace) -> int:
     side_by_side = _save_first_vs_last(
         first_filters.cpu(), last_filters, steps, figures / "first_layer_filters_first_vs_last.png"
     )
+    timelapse = write_timelapse(log_dir, "stem.conv", figures / "first_layer_filters_timelapse.gif")
     filter_paths = save_filter_figures(model, figures)
     maps = capture_feature_maps(model, probe.cpu(), max_channels=32)
     map_paths = save_feature_figures(maps, figures, mode="probe", cmap="viridis")
@@ -399,6 +401,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "checkpoint": str(out / "model.pt"),
         "figures": str(figures),
         "first_vs_last": str(side_by_side),
+        "timelapse": str(timelapse),
         "tensorboard_command": tensorboard_command(log_dir),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -415,6 +418,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"({monitor.captured} captures, every {every} steps)"
     )
     print(f"  first vs last        {side_by_side}")
+    print(f"  time-lapse           {timelapse}")
     print(f"  final filters        {filter_paths[-1]} (+{len(filter_paths) - 1} per-layer)")
     print(f"  probe feature maps   {map_paths[-1]} (+{len(map_paths) - 1} per-layer)")
     print(f"  dataset samples      {samples}")
