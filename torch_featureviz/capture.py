@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 from torch.utils.hooks import RemovableHandle
 
 from torch_featureviz._validation import (
@@ -79,6 +80,12 @@ def _unreferenced(
 
 
 
+def _spatial_dims(module: nn.Module) -> int:
+    """How many spatial dims a conv's output has: one per kernel dim."""
+    kernel = getattr(module, "kernel_size", None)
+    return len(kernel) if isinstance(kernel, tuple) else 2
+
+
 class FeatureCapture:
     """Forward hooks on a model's Conv2d layers that keep one sample's activations.
 
@@ -127,7 +134,7 @@ class FeatureCapture:
         self.sample = check_non_negative_int(sample, "sample")
         self.model = model
         self.root = unwrap_model(model)
-        self.layers: dict[str, nn.Conv2d] = find_conv_layers(self.root, include=layers)
+        self.layers: dict[str, _ConvNd] = find_conv_layers(self.root, include=layers)
         self.maps: dict[str, torch.Tensor] = {}
         #: When False the hooks return at once; toggle it instead of removing hooks (keeps
         #: compiled graphs valid and makes unsampled steps free).
@@ -223,7 +230,7 @@ class FeatureCapture:
         target = self._pending
         if target is None:
             # A submodule was called on its own (no root pass in flight): publish directly.
-            self.maps[name] = self._select(output)
+            self.maps[name] = self._select(output, spatial=_spatial_dims(module))
             return
         key = name
         if key in target:
@@ -231,19 +238,26 @@ class FeatureCapture:
             while f"{name}#{calls}" in target:
                 calls += 1
             key = f"{name}#{calls}"
-        target[key] = self._select(output, self._spares.pop(key, None))
+        target[key] = self._select(
+            output, self._spares.pop(key, None), spatial=_spatial_dims(module)
+        )
 
-    def _select(self, output: torch.Tensor, spare: torch.Tensor | None = None) -> torch.Tensor:
+    def _select(
+        self, output: torch.Tensor, spare: torch.Tensor | None = None, *, spatial: int = 2
+    ) -> torch.Tensor:
         out = output.detach()
-        if out.dim() == 4:
+        if out.dim() == spatial + 2:
             if self.sample >= out.shape[0]:
                 raise ValueError(
                     f"FeatureCapture(sample={self.sample}) is outside the batch of "
                     f"{out.shape[0]}; choose 0 <= sample < {out.shape[0]}."
                 )
             out = out[self.sample]
-        elif out.dim() != 3:  # an unbatched conv gives (C, H, W); anything else is unexpected
-            raise ValueError(f"expected a conv output of 3 or 4 dims, got {tuple(out.shape)}.")
+        elif out.dim() != spatial + 1:  # an unbatched conv gives (C, *spatial)
+            raise ValueError(
+                f"expected a conv output of {spatial + 1} or {spatial + 2} dims, got "
+                f"{tuple(out.shape)}."
+            )
         if self.max_channels is not None:
             out = out[: self.max_channels]
         # Always a copy: the conv output may be overwritten in place after the hook returns.
@@ -275,7 +289,7 @@ def preserved_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[Non
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def first_conv_in_channels(layers: Mapping[str, nn.Conv2d]) -> int:
+def first_conv_in_channels(layers: Mapping[str, _ConvNd]) -> int:
     """The input channels expected by the first discovered conv."""
     return next(iter(layers.values())).in_channels
 
