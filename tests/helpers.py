@@ -17,18 +17,6 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def live_hook_count(model: nn.Module) -> int:
-    """Forward (pre-)hooks that do something: a deep copy of an attached model carries the
-    package's hooks as the inert builtin ``None.__init__``, which this does not count."""
-    inert = None.__init__
-    return sum(
-        1
-        for m in model.modules()
-        for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
-        if h != inert
-    )
-
-
 def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor | bool]:
     """Parameters, buffers and train flags, copied, for bit-for-bit comparison."""
     snap: dict[str, torch.Tensor | bool] = {
@@ -88,30 +76,73 @@ def tiny_net(seed: int = 0, **kwargs: int) -> TinyNet:
 
 
 class _Recorder(nn.Module):
-    """Replaces a conv in a deep copy and records a clone of its output (no hooks involved)."""
+    """Stands in for a conv and records a clone of each of its outputs (no hooks involved).
+
+    Attribute reads it does not know go to the conv, so a parent that reads
+    ``self.proj.weight.dtype`` (Hugging Face patch embeddings) still works.
+    """
 
     def __init__(self, conv: nn.Module, name: str, store: dict) -> None:
         super().__init__()
         self.conv, self.name, self.store = conv, name, store
 
-    def forward(self, x):
-        out = self.conv(x)
+    def forward(self, *args, **kwargs):
+        out = self.conv(*args, **kwargs)
         index = sum(1 for k in self.store if split_call_key(k)[0] == self.name)
         self.store[call_key(self.name, index)] = out.detach().clone()
         return out
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["conv"], name)
 
-def reference_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every conv output for ``x``, computed on an instrumented deep copy without forward hooks."""
-    twin = copy.deepcopy(model)
+
+def _our_hooks(model: nn.Module) -> list:
+    """Forward (pre-)hooks of ``model`` that torch_featureviz registered. (Other libraries may
+    have their own: transformers installs output-capturing hooks on a first forward.)"""
+    found = []
+    for m in model.modules():
+        for hook in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]:
+            fn = getattr(hook, "func", hook)  # functools.partial
+            owner = getattr(fn, "__self__", fn)
+            if type(owner).__module__.startswith("torch_featureviz") or getattr(
+                fn, "__module__", ""
+            ).startswith("torch_featureviz"):
+                found.append(hook)
+    return found
+
+
+def reference_maps(
+    model: nn.Module,
+    *inputs,
+    run=None,
+    in_place: bool = False,
+    **kwargs,
+) -> dict[str, torch.Tensor]:
+    """Every conv output (every conv type) for one forward, computed without forward hooks.
+
+    Each conv is swapped for a recorder, in a deep copy of ``model`` or, with ``in_place``
+    (for models too big to copy twice), in ``model`` itself and swapped back afterwards. The
+    forward is ``model(*inputs, **kwargs)``, or ``run(model)`` when given. Keys are call keys
+    (``name``, ``name#1``, ...), values the full batched outputs.
+    """
+    twin = model if in_place else copy.deepcopy(model)
     store: dict[str, torch.Tensor] = {}
-    for name in list(find_conv_layers(twin)):
-        parent_name, _, attr = name.rpartition(".")
-        parent = twin.get_submodule(parent_name) if parent_name else twin
-        parent._modules[attr] = _Recorder(parent._modules[attr], name, store)
-    assert live_hook_count(twin) == 0
-    with torch.no_grad():
-        twin(x)
+    swapped = []
+    try:
+        for name in list(find_conv_layers(twin)):
+            parent_name, _, attr = name.rpartition(".")
+            parent = twin.get_submodule(parent_name) if parent_name else twin
+            swapped.append((parent, attr, parent._modules[attr]))
+            parent._modules[attr] = _Recorder(parent._modules[attr], name, store)
+        assert not _our_hooks(twin), "reference_maps must run without torch_featureviz hooks"
+        with torch.no_grad():
+            run(twin) if run is not None else twin(*inputs, **kwargs)
+    finally:
+        for parent, attr, conv in reversed(swapped):
+            parent._modules[attr] = conv
     return store
 
 

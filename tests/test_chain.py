@@ -78,3 +78,26 @@ def test_chain_bad_input():
     with pytest.raises(ValueError, match="nothing to chain"):
         only_ds = Extractor(nn.ModuleDict({"downsample": nn.Conv2d(3, 3, 1)}))
         chain_feature_maps(only_ds, torch.randn(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "model, kinds",
+    [
+        (torchvision.models.video.r3d_18(), "Conv3d"),
+        (nn.Sequential(nn.Conv1d(3, 4, 3), nn.ConvTranspose1d(4, 4, 3)), "Conv1d, ConvTranspose1d"),
+    ],
+)
+def test_chain_mode_is_conv2d_only_with_a_clear_error(model, kinds):
+    with pytest.raises(
+        ValueError, match=rf"chain mode supports only Conv2d .* convs are {kinds}\. Use hook mode"
+    ):
+        chain_feature_maps(model, torch.randn(1, 3, 8, 8))
+
+
+def test_chain_skips_transposed_convs_and_says_where_it_breaks():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(4, 2, 3)
+    )
+    assert Extractor(model).activate().CNN_names == ["0", "2"]
+    with pytest.raises(ValueError, match="the chain breaks at '2': it expects 4 input channels"):
+        chain_feature_maps(model, torch.randn(1, 3, 8, 8))

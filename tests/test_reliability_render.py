@@ -246,11 +246,12 @@ def test_extremes_of_each_dtype(dtype):
 
 
 def test_bad_inputs_are_refused():
-    with pytest.raises(ValueError, match=r"maps must have shape \(C, H, W\), got \(1, 2, 3, 4\)"):
-        make_feature_grid(torch.zeros(1, 2, 3, 4))
+    # (C, T, H, W) is a 3-d conv's map since issue 11; one more dim is a batch
+    with pytest.raises(ValueError, match=r"got \(1, 2, 3, 4, 5\)\. Select one sample first"):
+        make_feature_grid(torch.zeros(1, 2, 3, 4, 5))
     with pytest.raises(ValueError, match=r"cannot make a grid of empty tiles"):
         make_feature_grid(torch.zeros(0, 3, 3))
     with pytest.raises(TypeError, match="tiles must be real numbers"):
         make_feature_grid(torch.zeros(2, 3, 3, dtype=torch.complex64))
-    with pytest.raises(ValueError, match=r"weight must be a 4-D conv weight"):
-        make_filter_grid(torch.zeros(3, 3, 3))
+    with pytest.raises(ValueError, match=r"weight must be a conv weight: \(out, in, k\)"):
+        make_filter_grid(torch.zeros(3, 3))  # (out, in, k) is a 1-d conv's weight since issue 11

@@ -17,7 +17,7 @@ from torch_featureviz._validation import (
     check_non_negative_int,
     check_positive_int,
 )
-from torch_featureviz.discovery import Extractor
+from torch_featureviz.discovery import CONV_TYPES, Extractor
 
 __all__ = ["chain_feature_maps"]
 
@@ -41,10 +41,14 @@ def chain_feature_maps(
     Returns:
         ``{CNN_names[i]: (C, H, W) float32 tensor}``, the same format as hook mode.
 
+    Chain mode is Conv2d-only, like the article: other conv types (``Conv1d``, ``Conv3d``,
+    transposed convs) are not part of the chain, and a model with none but those is refused.
+
     Raises:
-        ValueError: the chain breaks because a layer's ``in_channels`` does not match the
-            previous output (DenseNet's concatenations, GoogLeNet's branches) or the map became
-            smaller than a kernel. The message names the layer and suggests hook mode.
+        ValueError: the model has no Conv2d (the message names its conv types), or the chain
+            breaks because a layer's ``in_channels`` does not match the previous output
+            (DenseNet's concatenations, GoogLeNet's branches, a skipped transposed conv) or the
+            map became smaller than a kernel. The message names the layer and suggests hook mode.
 
     The pass runs under ``torch.no_grad()`` and only calls the convs, so the model is unchanged.
     """
@@ -60,6 +64,19 @@ def chain_feature_maps(
             f"{type(model_or_extractor).__name__}."
         )
     if not extractor.CNN_layers:
+        others = [
+            m
+            for m in extractor.model.modules()
+            if isinstance(m, CONV_TYPES) and not isinstance(m, nn.Conv2d)
+        ]
+        if others:
+            kinds = sorted({t.__name__ for m in others for t in CONV_TYPES if isinstance(m, t)})
+            raise ValueError(
+                f"chain mode supports only Conv2d (the original article's procedure), and "
+                f"{type(extractor.model).__name__} has none outside its "
+                f"{extractor.DS_layer_name!r} layers; its {len(others)} convs are "
+                f"{', '.join(kinds)}. Use hook mode (FeatureCapture), which covers every conv type."
+            )
         raise ValueError(
             f"{type(extractor.model).__name__} has no Conv2d outside its "
             f"{extractor.DS_layer_name!r} layers; there is nothing to chain."

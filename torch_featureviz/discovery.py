@@ -10,15 +10,18 @@ the first name.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from torch_featureviz._validation import check_module, select_names
 
-__all__ = ["Extractor", "find_conv_layers", "find_linear_layers", "unwrap_model"]
+__all__ = ["CONV_TYPES", "Extractor", "find_conv_layers", "find_linear_layers", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -42,9 +45,117 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+#: The convolution classes discovery covers; their subclasses (timm's ``Conv2dSame`` and
+#: ``ScaledStdConv2d``, QAT convs, ...) are included.
+CONV_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+#: The spelling ``types=`` accepts for each class (case and underscores are ignored).
+_TYPE_NAMES: dict[str, type[nn.Module]] = {cls.__name__.lower(): cls for cls in CONV_TYPES}
+
+ConvTypes = type[nn.Module] | str | Iterable[type[nn.Module] | str]
+
+
+def _check_types(types: ConvTypes | None) -> tuple[type[nn.Module], ...]:
+    """``types=`` as a tuple of conv classes, or the reason it is wrong."""
+    if types is None:
+        return CONV_TYPES
+    items: list[object]
+    if isinstance(types, (str, type)):
+        items = [types]
+    else:
+        try:
+            items = list(types)
+        except TypeError:
+            raise TypeError(
+                "types must be a conv class, a name such as 'conv2d', or a tuple of them, "
+                f"got {type(types).__name__}."
+            ) from None
+        if not items:
+            raise ValueError("types is empty; pass None to keep every conv type.")
+    known = ", ".join(repr(n) for n in _TYPE_NAMES)
+    out: list[type[nn.Module]] = []
+    for item in items:
+        if isinstance(item, str):
+            cls = _TYPE_NAMES.get(item.lower().replace("_", ""))
+            if cls is None:
+                raise ValueError(
+                    f"types: unknown conv type name {item!r}; expected one of {known}."
+                )
+        elif isinstance(item, type):
+            if not issubclass(item, CONV_TYPES):
+                raise ValueError(
+                    f"types: {item.__name__} is not a convolution class; expected nn.Conv1d, "
+                    "nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d/2d/3d or a subclass."
+                )
+            cls = item
+        else:
+            raise TypeError(
+                f"types entries must be conv classes or names such as 'conv2d', got "
+                f"{type(item).__name__}."
+            )
+        out.append(cls)
+    return tuple(out)
+
+
+def _quantized_conv_types() -> tuple[type[nn.Module], ...]:
+    # Int8 convs (torch.ao.nn.quantized, and the intrinsic/dynamic ones that subclass them) are
+    # not nn.Conv subclasses: their weights are packed and their outputs quantized tensors.
+    from torch.ao.nn import quantized as nnq
+
+    return (
+        nnq.Conv1d,
+        nnq.Conv2d,
+        nnq.Conv3d,
+        nnq.ConvTranspose1d,
+        nnq.ConvTranspose2d,
+        nnq.ConvTranspose3d,
+    )
+
+
+def _count_by_type(modules: Iterable[nn.Module]) -> str:
+    counts: dict[str, int] = {}
+    for m in modules:
+        counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in counts.items())
+
+
+def _no_conv_message(model: nn.Module, types: tuple[type[nn.Module], ...]) -> str:
+    name = type(model).__name__
+    quantized = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, _quantized_conv_types())
+    ]
+    if quantized:
+        return (
+            f"{name} has {len(quantized)} int8 quantized conv layers (first: "
+            f"{quantized[0][0]!r}, {type(quantized[0][1]).__module__}."
+            f"{type(quantized[0][1]).__name__}) and no float conv: quantized convs are not "
+            "supported. Visualise the float model, or the QAT model before "
+            "torch.ao.quantization.convert() (QAT convs are float conv subclasses and work)."
+        )
+    others = [m for m in model.modules() if isinstance(m, CONV_TYPES)]
+    if others:
+        wanted = ", ".join(t.__name__ for t in types)
+        return (
+            f"{name} has no conv layers of the types asked for ({wanted}); it has "
+            f"{_count_by_type(others)}. Pass types=None to keep every conv type."
+        )
+    return (
+        f"{name} has no conv layers (searched {sum(1 for _ in model.modules())} modules for "
+        "Conv1d, Conv2d, Conv3d and ConvTranspose1d/2d/3d). torch_featureviz visualises "
+        "convolutions; check that you passed the CNN itself."
+    )
+
+
 def _find(
     model: nn.Module,
-    kind: type[nn.Module],
+    kind: tuple[type[nn.Module], ...],
     include: str | Iterable[str] | None,
     exclude: str | Iterable[str] | None,
     what: str,
@@ -52,10 +163,11 @@ def _find(
     model = unwrap_model(check_module(model))
     found = {name: m for name, m in model.named_modules() if isinstance(m, kind)}
     if not found:
+        if what == "conv layer":
+            raise ValueError(_no_conv_message(model, kind))
         raise ValueError(
-            f"{type(model).__name__} has no {kind.__name__} layers (searched "
-            f"{sum(1 for _ in model.modules())} modules). torch_featureviz visualises 2-D "
-            "convolutions; check that you passed the CNN itself."
+            f"{type(model).__name__} has no {kind[0].__name__} layers (searched "
+            f"{sum(1 for _ in model.modules())} modules)."
         )
     names = select_names(list(found), include=include, exclude=exclude, what=what)
     return {name: found[name] for name in names}
@@ -66,8 +178,17 @@ def find_conv_layers(
     *,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
-) -> dict[str, nn.Conv2d]:
-    """Return every ``nn.Conv2d`` (subclasses included) of ``model`` by qualified name.
+    types: ConvTypes | None = None,
+) -> dict[str, _ConvNd]:
+    """Return every convolution of ``model`` by qualified name.
+
+    By default that is every ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Conv3d`` and
+    ``nn.ConvTranspose1d/2d/3d``, subclasses included (timm's ``Conv2dSame`` and
+    ``ScaledStdConv2d``, QAT convs, ...). Lazy convs count once materialised.
+
+    Note that a transposed conv's ``weight`` is laid out ``(in, out / groups, *k)``, not
+    ``(out, in / groups, *k)`` as for a conv; :func:`~torch_featureviz.make_filter_grid` knows
+    both.
 
     Args:
         model: any ``nn.Module``; DataParallel, DDP and ``torch.compile`` wrappers are looked
@@ -75,15 +196,21 @@ def find_conv_layers(
         include: qualified names or ``fnmatch`` globs (``"layer1.*"``) to keep. Each entry must
             match at least one conv.
         exclude: globs to drop after ``include`` is applied.
+        types: keep only these conv types (subclasses included): a class such as
+            ``nn.Conv2d``, a name such as ``"conv2d"`` or ``"conv_transpose2d"`` (case and
+            underscores ignored), or a tuple of them. ``None`` keeps every type.
 
     Returns:
         An ordered ``dict`` from qualified name to module, in ``named_modules()`` order
         (depth-first, registration order).
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: the model has no Conv2d, or a pattern matches nothing (the message lists the
-            closest names).
+        TypeError: ``model`` is not an ``nn.Module``, or ``types`` is not a class, a name or a
+            sequence of them.
+        ValueError: the model has no conv of the requested types (int8 quantized models get
+            their own message), a pattern matches nothing (the message lists the closest
+            names), ``types`` names something that is not a conv, or a selected lazy conv has
+            not been materialised yet.
 
     Example::
 
@@ -91,8 +218,26 @@ def find_conv_layers(
         >>> convs = find_conv_layers(torchvision.models.resnet50())
         >>> len(convs), next(iter(convs))
         (53, 'conv1')
+        >>> len(find_conv_layers(torchvision.models.video.r3d_18(), types="conv3d"))
+        20
     """
-    return _find(model, nn.Conv2d, include, exclude, "conv layer")  # type: ignore[return-value]
+    kinds = _check_types(types)
+    found = _find(model, kinds, include, exclude, "conv layer")
+    for name, module in found.items():
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            raise ValueError(
+                f"conv layer {name!r} is a {type(module).__name__} whose weights are not "
+                "materialised yet, so its shape is unknown. Run one forward pass first "
+                "(model(example_input)), then discover or attach."
+            )
+    quantized = [m for m in unwrap_model(model).modules() if isinstance(m, _quantized_conv_types())]
+    if quantized:
+        warnings.warn(
+            f"{len(quantized)} int8 quantized conv layers are skipped: quantized convs are not "
+            "supported (only the float convs of this partly quantized model are returned).",
+            stacklevel=2,
+        )
+    return found  # type: ignore[return-value]
 
 
 def find_linear_layers(
@@ -102,7 +247,7 @@ def find_linear_layers(
     exclude: str | Iterable[str] | None = None,
 ) -> dict[str, nn.Linear]:
     """Like :func:`find_conv_layers`, for ``nn.Linear``; raises ``ValueError`` if there is none."""
-    return _find(model, nn.Linear, include, exclude, "linear layer")  # type: ignore[return-value]
+    return _find(model, (nn.Linear,), include, exclude, "linear layer")  # type: ignore[return-value]
 
 
 def _resnet_block_types() -> tuple[type[nn.Module], ...]:

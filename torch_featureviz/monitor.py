@@ -249,6 +249,7 @@ class FeatureMonitor:
             log_dir, max_filters=cfg.max_filters, cmap=cfg.cmap, encode_threads=1, prefix=cfg.name
         )
         self._warn_shared_log_dir(writer.log_dir)
+        writer.log_layer_index(capture.layers, cfg.start_step)  # the tab's layer order
         if cfg.handle_sigterm and threading.current_thread() is not threading.main_thread():
             writer.close()
             raise ValueError(

@@ -8,6 +8,15 @@ layout ``SummaryWriter.add_image`` expects; only that finished grid needs to cro
 Normalisation maps each tile's finite min..max to 0..255 (``normalize="tile"``, the default) or
 one shared min..max for the whole grid (``normalize="grid"``). Bad values never spoil good ones:
 NaN and -Inf pixels are 0, +Inf pixels 255, and a constant tile (a dead ReLU channel) is black.
+
+Every conv type renders to a plain image, so TensorBoard and figures need no special case:
+
+- feature maps ``(C, H, W)`` (2-d and transposed 2-d convs): one tile per channel;
+- ``(C, L)`` (1-d convs): one horizontal band per channel, each band a row of the map scaled on
+  its own (``"tile"`` means "row" here) and :data:`ROW_HEIGHT` pixels tall;
+- ``(C, T, H, W)`` (3-d convs): one frame per channel, the middle one unless ``frame=`` says;
+- filters: 2-d as tiles, 1-d as an ``(out, k)`` heat map (``(out, in)`` for ``k == 1``), 3-d by
+  their middle temporal slice; transposed-conv weights are regrouped per *output* channel first.
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+
+from torch_featureviz.discovery import CONV_TYPES
 
 __all__ = ["make_feature_grid", "make_filter_grid", "make_image_grid", "to_display_image"]
 
@@ -26,6 +38,9 @@ FilterChannel = Literal["auto", "rgb", "mean", "strongest"] | int
 
 #: Filters are upscaled (nearest) so each tile is at least this many pixels wide by default.
 MIN_FILTER_TILE = 32
+
+#: Height in pixels of one channel's band in a ``(C, L)`` feature map image (before ``upscale``).
+ROW_HEIGHT = 4
 
 
 def _normalize(tiles: torch.Tensor, mode: Normalize) -> torch.Tensor:
@@ -146,8 +161,45 @@ def _arrange(
     return grid
 
 
+def _check_real(x: torch.Tensor) -> None:
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"tiles must be real numbers, got {x.dtype}.")
+
+
+def _rows_image(
+    rows: torch.Tensor, *, normalize: Normalize, row_height: int, col_width: int
+) -> torch.Tensor:
+    """Turn ``(R, c, L)`` rows (c = 1 or 3) into one ``(c, R * row_height, L * col_width)``
+    uint8 image without padding: each row a band, scaled alone (``"tile"``) or with the others.
+    """
+    r, c, length = rows.shape
+    if r == 0 or length == 0:
+        raise ValueError(f"cannot make a grid of empty tiles {tuple(rows.shape)}.")
+    _check_real(rows)
+    pixels = _normalize(rows.detach().float().unsqueeze(2), normalize)  # (R, c, 1, L)
+    pixels = pixels.mul_(255.0).round_().to(torch.uint8)
+    pixels = pixels.repeat_interleave(row_height, dim=2).repeat_interleave(col_width, dim=3)
+    return pixels.permute(1, 0, 2, 3).reshape(c, r * row_height, length * col_width)
+
+
+def _pad(image: torch.Tensor, padding: int, pad_value: int = 255) -> torch.Tensor:
+    """``image`` ``(c, h, w)`` with a ``padding``-pixel border of ``pad_value``."""
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}.")
+    c, h, w = image.shape
+    out = image.new_full((c, h + 2 * padding, w + 2 * padding), pad_value)
+    out[:, padding : padding + h, padding : padding + w] = image
+    return out
+
+
+def _check_upscale(upscale: int) -> int:
+    if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
+        raise ValueError(f"upscale must be an int >= 1, got {upscale!r}.")
+    return upscale
+
+
 def _filter_tiles(weight: torch.Tensor, channel: FilterChannel) -> torch.Tensor:
-    """Reduce ``(O, I, kh, kw)`` weights to ``(O, 1 or 3, kh, kw)`` tiles."""
+    """Reduce ``(O, I, *k)`` weights to ``(O, 1 or 3, *k)`` tiles."""
     in_ch = weight.shape[1]
     if channel == "auto":
         channel = "rgb" if in_ch == 3 else "mean"
@@ -172,8 +224,27 @@ def _filter_tiles(weight: torch.Tensor, channel: FilterChannel) -> torch.Tensor:
     )
 
 
+def _per_output_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A transposed conv's ``(I, O / groups, *k)`` weight as ``(O, I / groups, *k)``: one
+    filter per output channel, laid out like a conv's weight.
+
+    Output channel ``o`` of group ``g`` is made from input channels ``g * I / groups`` up to
+    ``(g + 1) * I / groups``, through ``weight[those inputs, o - g * O / groups]``.
+    """
+    in_ch = weight.shape[0]
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}.")
+    if in_ch % groups:
+        raise ValueError(
+            f"groups={groups} does not divide the {in_ch} input channels of this transposed "
+            f"conv weight {tuple(weight.shape)}."
+        )
+    per_group = weight.unflatten(0, (groups, in_ch // groups))  # (g, I/g, O/g, *k)
+    return per_group.transpose(1, 2).flatten(0, 1)  # (O, I/g, *k)
+
+
 def make_filter_grid(
-    weight: torch.Tensor | nn.Conv2d,
+    weight: torch.Tensor | nn.Module,
     *,
     channel: FilterChannel = "auto",
     max_filters: int | None = 64,
@@ -181,8 +252,10 @@ def make_filter_grid(
     normalize: Normalize | None = None,
     padding: int = 1,
     upscale: int | None = None,
+    transposed: bool = False,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """Render a conv layer's filters as one uint8 grid, one tile per output filter.
+    """Render a conv layer's filters as one uint8 image, one tile (or row) per output channel.
 
     How a filter's input channels become a tile (``channel``):
 
@@ -195,44 +268,119 @@ def make_filter_grid(
     - ``"strongest"``: for each filter, the input channel with the largest L2 norm.
     - an int: that input channel, for every filter.
 
+    By conv type:
+
+    - 2-d ``(O, I, kh, kw)``: a grid of ``kh x kw`` tiles.
+    - 1-d ``(O, I, k)``: an ``(out, k)`` heat map, one row per filter, its input channels
+      reduced by ``channel`` as above; kernels of size 1 have no shape to show, so they render
+      as an ``(out, in)`` heat map of their weights instead (``channel`` is then unused). Rows
+      are scaled one by one (``normalize="tile"``, the default) or together (``"grid"``); each
+      cell is ``upscale`` pixels square. ``nrow`` is unused.
+    - 3-d ``(O, I, kt, kh, kw)``: the middle temporal slice ``[:, :, kt // 2]``, as 2-d.
+    - transposed convs: their weight is ``(I, O / groups, *k)``, the other way round from a
+      conv's. The filters shown are the *output* channels, as for a conv: filter ``o`` holds the
+      weights from every input channel of its group to output ``o``. A module says it is
+      transposed; for a raw tensor pass ``transposed=True`` (and ``groups``).
+
     Args:
-        weight: ``(O, I, kh, kw)`` conv weight, or the ``nn.Conv2d`` itself. Not modified.
-        max_filters: first filters shown; ``None`` shows all.
+        weight: a conv weight as above, or the conv module itself (any of ``nn.Conv1d/2d/3d``,
+            ``nn.ConvTranspose1d/2d/3d`` or a subclass). Not modified.
+        max_filters: first filters (output channels) shown; ``None`` shows all.
         normalize: as for :func:`make_image_grid`; default ``"tile"``, except ``"grid"`` for
-            1x1 kernels: their tiles are single pixels, so a per-tile scale would make every one
-            black, while one shared scale shows each filter's weight against the others.
+            2-d 1x1 kernels: their tiles are single pixels, so a per-tile scale would make every
+            one black, while one shared scale shows each filter's weight against the others.
         nrow, padding: as for :func:`make_image_grid`.
-        upscale: nearest-neighbour factor; default makes tiles >= 32 px wide.
+        upscale: nearest-neighbour factor; default makes tiles (1-d: rows) >= 32 px wide.
+        transposed: the raw ``weight`` tensor is a transposed conv's ``(I, O / groups, *k)``.
+            Read from the module when a module is given.
+        groups: the transposed conv's ``groups`` (only used with ``transposed``; read from the
+            module when a module is given).
 
     Returns:
         ``(3, H, W)`` for RGB tiles, else ``(1, H, W)``; uint8 on the weight's device.
+
+    Raises:
+        TypeError: ``weight`` is neither a tensor nor a conv module.
+        ValueError: a weight that is not 3-, 4- or 5-D, an unmaterialised lazy conv, or a bad
+            option.
 
     Example::
 
         >>> import torch
         >>> make_filter_grid(torch.nn.Conv2d(3, 64, 7)).shape
         torch.Size([3, 289, 289])
+        >>> make_filter_grid(torch.nn.Conv1d(8, 4, 5)).shape  # 4 rows of 5 cells, 7 px each
+        torch.Size([1, 30, 37])
     """
-    if isinstance(weight, nn.Conv2d):
-        weight = weight.weight
+    if isinstance(weight, nn.Module):
+        if not isinstance(weight, CONV_TYPES):
+            raise TypeError(
+                f"weight must be a tensor or a conv module (nn.Conv1d/2d/3d, "
+                f"nn.ConvTranspose1d/2d/3d), got {type(weight).__name__}."
+            )
+        module: _ConvNd = weight  # type: ignore[assignment]
+        transposed = isinstance(module, _ConvTransposeNd)
+        groups = module.groups
+        weight = module.weight
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a tensor or nn.Conv2d, got {type(weight).__name__}.")
-    if weight.dim() != 4:
+        raise TypeError(
+            f"weight must be a tensor or a conv module such as nn.Conv2d, got "
+            f"{type(weight).__name__}."
+        )
+    if isinstance(weight, nn.parameter.UninitializedParameter):
         raise ValueError(
-            f"weight must be a 4-D conv weight (out, in, kh, kw), got shape {tuple(weight.shape)}."
+            "this lazy conv's weight is not materialised yet; run one forward pass first."
+        )
+    if weight.dim() not in (3, 4, 5):
+        raise ValueError(
+            "weight must be a conv weight: (out, in, k) for 1-d, (out, in, kh, kw) for 2-d or "
+            f"(out, in, kt, kh, kw) for 3-d convs, got shape {tuple(weight.shape)}."
         )
     if max_filters is not None:
         if isinstance(max_filters, bool) or not isinstance(max_filters, int) or max_filters < 1:
             raise ValueError(f"max_filters must be a positive int or None, got {max_filters!r}.")
+    if not isinstance(transposed, bool):
+        raise TypeError(f"transposed must be a bool, got {type(transposed).__name__}.")
     w = weight.detach()
+    if transposed:
+        w = _per_output_filters(w, groups)
+    if w.dim() == 5:
+        w = w[:, :, w.shape[2] // 2]  # the middle temporal slice
     if max_filters is not None:
         w = w[:max_filters]
+    if w.dim() == 3:
+        return _filter_rows(w, channel, normalize=normalize, padding=padding, upscale=upscale)
     tiles = _filter_tiles(w.float(), channel)
     if normalize is None:
         normalize = "grid" if tiles.shape[-2:] == (1, 1) else "tile"
     if upscale is None:
         upscale = max(1, math.ceil(MIN_FILTER_TILE / max(tiles.shape[-2:])))
     return make_image_grid(tiles, nrow=nrow, normalize=normalize, padding=padding, upscale=upscale)
+
+
+def _filter_rows(
+    w: torch.Tensor,
+    channel: FilterChannel,
+    *,
+    normalize: Normalize | None,
+    padding: int,
+    upscale: int | None,
+) -> torch.Tensor:
+    """1-d filters ``(O, I, k)`` as a heat map: ``(out, k)``, or ``(out, in)`` when k == 1."""
+    if w.shape[0] == 0 or w.shape[1] == 0 or w.shape[2] == 0:
+        raise ValueError(f"cannot make a grid of empty tiles {tuple(w.shape)}.")
+    _check_real(w)
+    if w.shape[2] == 1:
+        if channel not in ("auto", "mean", "strongest", "rgb") and not isinstance(channel, int):
+            _filter_tiles(w.float(), channel)  # the usual message for a bad value
+        rows = w[:, :, 0].float().unsqueeze(1)  # (O, 1, I)
+    else:
+        rows = _filter_tiles(w.float(), channel)  # (O, 1 or 3, k)
+    cell = _check_upscale(
+        upscale if upscale is not None else max(1, math.ceil(MIN_FILTER_TILE / rows.shape[2]))
+    )
+    image = _rows_image(rows, normalize=normalize or "tile", row_height=cell, col_width=cell)
+    return _pad(image, padding)
 
 
 @functools.lru_cache(maxsize=8)
@@ -258,37 +406,78 @@ def make_feature_grid(
     padding: int = 1,
     upscale: int = 1,
     cmap: str | None = None,
+    frame: int | None = None,
 ) -> torch.Tensor:
-    """Render a ``(C, H, W)`` activation as a grid of grayscale tiles, one per channel.
+    """Render one sample's activations as a uint8 image, one tile (or band) per channel.
+
+    The shape says which conv made the map:
+
+    - ``(C, H, W)``, 2-d convs: a grid of ``H x W`` grayscale tiles.
+    - ``(C, L)``, 1-d convs: one horizontal band per channel, in channel order from the top,
+      each ``ROW_HEIGHT * upscale`` pixels tall and ``L * upscale`` wide. With
+      ``normalize="tile"`` each band is scaled on its own (a row is a tile). ``nrow`` is
+      unused. (A single 2-d channel ``(H, W)`` is therefore passed as ``maps[None]``.)
+    - ``(C, T, H, W)``, 3-d convs: a grid of one frame per channel, the middle frame
+      ``T // 2`` unless ``frame`` chooses another.
 
     Args:
-        maps: ``(C, H, W)`` activations of one sample (``(H, W)`` is one channel). Any real
-            dtype or memory format; not modified.
+        maps: activations of one sample, as above. Any real dtype or memory format; not
+            modified.
         max_channels: first channels shown; ``None`` shows all.
         nrow, normalize, padding, upscale: as for :func:`make_image_grid`.
         cmap: a matplotlib colormap name to colour the grid (``(3, H, W)`` output); ``None``
             keeps grayscale.
+        frame: the time index shown for ``(C, T, H, W)`` maps (negative counts from the end);
+            ``None`` is the middle frame. Ignored for maps without a time axis, so one setting
+            can serve a model with several conv types.
 
     Returns:
         ``(1, H', W')`` uint8 (or ``(3, H', W')`` with ``cmap``) on ``maps.device``.
+
+    Raises:
+        TypeError: ``maps`` is not a tensor, or ``frame`` is not an int.
+        ValueError: a shape other than the three above, or a bad option.
 
     Example::
 
         >>> import torch
         >>> make_feature_grid(torch.randn(16, 28, 28)).shape
         torch.Size([1, 117, 117])
+        >>> make_feature_grid(torch.randn(8, 100)).shape  # 8 bands of 4 px
+        torch.Size([1, 34, 102])
+        >>> make_feature_grid(torch.randn(16, 4, 28, 28), frame=0).shape
+        torch.Size([1, 117, 117])
     """
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"maps must be a (C, H, W) tensor, got {type(maps).__name__}.")
-    if maps.dim() == 2:
-        maps = maps.unsqueeze(0)
-    if maps.dim() != 3:
-        hint = " Select one sample first, e.g. maps[0]." if maps.dim() == 4 else ""
-        raise ValueError(f"maps must have shape (C, H, W), got {tuple(maps.shape)}.{hint}")
+    if maps.dim() not in (2, 3, 4):
+        hint = " Select one sample first, e.g. maps[0]." if maps.dim() == 5 else ""
+        raise ValueError(
+            "maps must have shape (C, L), (C, H, W) or (C, T, H, W), got "
+            f"{tuple(maps.shape)}.{hint}"
+        )
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int)):
+        raise TypeError(f"frame must be an int or None, got {type(frame).__name__}.")
+    if maps.dim() == 4:
+        t = maps.shape[1]
+        index = t // 2 if frame is None else frame
+        if not -t <= index < t:
+            raise ValueError(f"frame={frame} is out of range for a map of {t} frames.")
+        maps = maps[:, index]
     if max_channels is not None:
         if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
             raise ValueError(f"max_channels must be a positive int or None, got {max_channels!r}.")
         maps = maps[:max_channels]
+    if maps.dim() == 2:
+        if normalize not in ("tile", "grid"):
+            raise ValueError(f"normalize must be 'tile' or 'grid', got {normalize!r}.")
+        up = _check_upscale(upscale)
+        image = _rows_image(
+            maps.unsqueeze(1), normalize=normalize, row_height=ROW_HEIGHT * up, col_width=up
+        )
+        if cmap is not None:
+            image = _colormap_lut(cmap).to(image.device)[image[0].long()].permute(2, 0, 1)
+        return _pad(image, padding)
     if cmap is None:
         return make_image_grid(
             maps.unsqueeze(1), nrow=nrow, normalize=normalize, padding=padding, upscale=upscale

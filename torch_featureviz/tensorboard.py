@@ -20,7 +20,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -247,6 +247,13 @@ class TensorBoardWriter:
         v = v[torch.isfinite(v)].cpu()
         if v.numel():
             self._add_values(list(histogram(tag, v.numpy(), "auto").value), step)
+
+    def log_layer_index(self, layers: Iterable[str], step: int = 0) -> None:
+        """Record the layers in model order, once per run, for the featureviz TensorBoard tab
+        (``[<prefix>/]featureviz/layers``; see :mod:`torch_featureviz.tb_plugin.metadata`)."""
+        from torch_featureviz.tb_plugin.metadata import layers_summary
+
+        self.add_summary(layers_summary([layer_tag(k) for k in layers], self.prefix), step)
 
     def add_summary(self, summary: Any, step: int) -> None:
         """Write a ready ``Summary`` protobuf (the plugin's metadata, custom layouts)."""
