@@ -40,7 +40,7 @@ from torch_featureviz._validation import (
     forward_args,
     match_model,
 )
-from torch_featureviz.discovery import find_conv_layers, unwrap_model
+from torch_featureviz.discovery import ConvTypes, find_conv_layers, unwrap_model
 from torch_featureviz.naming import CallCounter
 
 __all__ = [
@@ -217,6 +217,8 @@ class FeatureCapture:
         max_calls: keep only the first ``max_calls`` calls of each module per pass (a detection
             head run once per FPN level); ``None`` keeps every call.
         observers: :class:`PassObserver` instances that add work per conv output and per pass.
+        types: restrict to these conv types (see :func:`~torch_featureviz.find_conv_layers`);
+            ``None`` selects every convolution, 1-d, 2-d, 3-d and transposed.
 
     Raises:
         TypeError, ValueError: bad arguments, before any hook is registered.
@@ -241,6 +243,7 @@ class FeatureCapture:
         record: Record = "all",
         max_calls: int | None = None,
         observers: Iterable[PassObserver] = (),
+        types: ConvTypes | None = None,
     ) -> None:
         check_module(model)
         self.max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
@@ -255,7 +258,9 @@ class FeatureCapture:
                 )
         self.model = model
         self.root = unwrap_model(model)
-        self.layers: dict[str, nn.Module] = dict(find_conv_layers(self.root, include=layers))
+        self.layers: dict[str, nn.Module] = dict(
+            find_conv_layers(self.root, include=layers, types=types)
+        )
         #: When False the hooks return at once; toggle it instead of removing hooks (keeps
         #: compiled graphs valid and makes unsampled steps free).
         self.enabled = True
@@ -588,6 +593,7 @@ def capture_feature_maps(
     max_channels: int | None = 64,
     sample: int = 0,
     max_calls: int | None = None,
+    types: ConvTypes | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run one probe forward pass and return hook-mode maps, leaving the model unchanged.
 
@@ -599,7 +605,7 @@ def capture_feature_maps(
         image: the model's input: an ``(N, C, H, W)`` tensor (or ``(C, H, W)``, given a batch
             dimension), a tuple of positional inputs (RAFT's two images) or a dict of keyword
             inputs (Hugging Face's ``pixel_values=``). Moved to the model's device and dtype.
-        layers, max_channels, sample, max_calls: as for :class:`FeatureCapture`.
+        layers, max_channels, sample, max_calls, types: as for :class:`FeatureCapture`.
 
     Returns:
         ``{layer key: (C, *spatial) float32 tensor}`` in call order.
@@ -609,7 +615,7 @@ def capture_feature_maps(
         RuntimeError: the model's forward failed on the input.
     """
     cap = FeatureCapture(
-        model, layers, max_channels=max_channels, sample=sample, max_calls=max_calls
+        model, layers, max_channels=max_channels, sample=sample, max_calls=max_calls, types=types
     )
     from torch_featureviz._validation import check_model_input
 

@@ -34,6 +34,8 @@ class MonitorConfig:
         every: capture every ``every`` steps (steps 0, every, 2 * every, ...).
         every_seconds: also capture when this many seconds passed since the last capture.
         layers: conv names or ``fnmatch`` globs to watch; ``None`` watches every conv.
+        types: conv types to watch (see :func:`~torch_featureviz.find_conv_layers`); ``None``
+            watches every convolution, 1-d, 2-d, 3-d and transposed.
         max_channels: channels per feature-map grid.
         max_filters: filters per filter grid.
         sample: which sample of the training batch (and of the probe) is shown.
@@ -68,6 +70,7 @@ class MonitorConfig:
     every: int = 100
     every_seconds: float | None = None
     layers: str | Iterable[str] | None = None
+    types: Any = None
     max_channels: int | None = 16
     max_filters: int | None = 64
     sample: int = 0

@@ -233,6 +233,7 @@ class FeatureMonitor:
             sample=cfg.sample,
             record=cfg.record,
             max_calls=cfg.max_calls,
+            types=cfg.types,
             observers=[self.stats] if cfg.log_stats else [],
         )  # a model without convs fails here, with its own message
         #: The watched conv layers' qualified names (empty on ranks that do not capture).
