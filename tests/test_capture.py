@@ -259,7 +259,7 @@ def test_bad_arguments(kwargs, exc, match):
 
 
 def test_bad_model():
-    with pytest.raises(ValueError, match="has no Conv2d layers"):
+    with pytest.raises(ValueError, match="has no conv layers"):
         FeatureCapture(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         FeatureCapture(torch.randn(3))  # type: ignore[arg-type]

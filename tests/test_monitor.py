@@ -32,6 +32,7 @@ from tests.helpers import (
     tiny_net,
 )
 from torch_featureviz import FeatureMonitor, make_feature_grid, make_filter_grid
+from torch_featureviz.config import MonitorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_bad_options(tmp_path: Path, kwargs: dict, error: type, match: str) -> N
 
 
 def test_model_without_convs(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="has no Conv2d layers"):
+    with pytest.raises(ValueError, match="has no conv layers"):
         FeatureMonitor(nn.Sequential(nn.Linear(3, 3)), tmp_path)
 
 
@@ -240,7 +241,8 @@ def test_hook_maps_are_the_training_batch_and_filters_the_updated_weights(tmp_pa
     (maps,) = ea.Images("feature_maps/hook/stem.0")
     assert torch.equal(decode(maps), make_feature_grid(expected))
     (filters,) = ea.Images("filters/stem.0")
-    assert torch.equal(decode(filters), make_filter_grid(weights))
+    tile = MonitorConfig().filter_tile
+    assert torch.equal(decode(filters), make_filter_grid(weights, min_tile=tile))
     assert not torch.equal(make_filter_grid(model.stem[0].weight), make_filter_grid(weights))
 
 

@@ -136,6 +136,10 @@ def test_feature_grid_properties(request):
         before = _bits(maps)
         grid = make_feature_grid(maps, normalize=mode)
         assert grid.dtype == torch.uint8 and grid.device == maps.device
+        if (h, w) == (1, 1):  # one band of c cells on one shared scale
+            assert tuple(grid.shape) == (1, 4 + 2, 4 * c + 2)
+            assert torch.equal(_bits(maps), before)
+            return
         assert tuple(grid.shape) == _grid_shape(c, 1, h, w)
         assert torch.equal(_bits(maps), before)  # not modified
         assert torch.equal(make_feature_grid(maps, normalize=mode), grid)  # deterministic
@@ -188,6 +192,11 @@ def test_filter_grid_properties(request):
         o, i_ch, kh, kw = weight.shape
         before = _bits(weight)
         grid = make_filter_grid(weight, normalize="tile")
+        if (kh, kw) == (1, 1):  # the (out, in) weight matrix, one cell per weight
+            cell = max(1, math.ceil(32 / min(i_ch, 64)))
+            assert tuple(grid.shape) == (1, min(o, 64) * cell + 2, min(i_ch, 64) * cell + 2)
+            assert torch.equal(_bits(weight), before)
+            return
         up = max(1, math.ceil(32 / max(kh, kw)))
         c = 3 if i_ch == 3 else 1  # "auto": RGB for 3 input channels, else the mean
         assert grid.dtype == torch.uint8

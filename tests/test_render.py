@@ -205,13 +205,21 @@ def test_colormap_keeps_padding_and_empty_cells_white():
     assert (grid[:, 0, :] == 255).all() and (grid[:, :, 0] == 255).all()
 
 
-def test_one_by_one_kernels_share_one_scale_by_default():
-    w = torch.tensor([0.0, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
+def test_one_by_one_kernels_render_as_their_weight_matrix():
+    w = torch.tensor([[0.0, 1.0, 2.0], [4.0, 4.0, 0.0]]).view(2, 3, 1, 1)
     grid = make_filter_grid(w, upscale=1)
-    assert torch.equal(grid, make_image_grid(w, normalize="grid"))
-    tiles = [tile_region(grid, i, h=1, w=1, ncol=2).item() for i in range(4)]
-    assert tiles == [0, 64, 128, 255]  # not all black, as a per-tile scale would make them
-    assert (make_filter_grid(w, normalize="tile", upscale=1)[0, 1::2, 1::2] == 0).all()
+    assert grid.shape == (1, 2 + 2, 3 + 2)  # (out, in) cells, padded
+    assert grid[0, 1, 1:4].tolist() == [0, 128, 255]  # each filter's row on its own scale
+    assert grid[0, 2, 1:4].tolist() == [255, 255, 0]
+    wide = make_filter_grid(torch.randn(80, 200, 1, 1), upscale=1, max_filters=64)
+    assert wide.shape == (1, 64 + 2, 64 + 2)  # the first 64 inputs of the first 64 filters
+
+
+def test_one_by_one_maps_share_one_scale():
+    maps = torch.tensor([0.0, 1.0, 2.0, 4.0]).view(4, 1, 1)
+    grid = make_feature_grid(maps, padding=1)
+    assert grid.shape == (1, 4 + 2, 16 + 2)  # one band of four 4-px cells
+    assert grid[0, 1, 1::4][:4].tolist() == [0, 64, 128, 255]  # not black: one shared scale
 
 
 # -- 1-d maps (C, L): one band per channel ---------------------------------------------------

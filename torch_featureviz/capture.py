@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +40,7 @@ from torch_featureviz._validation import (
     forward_args,
     match_model,
 )
+from torch_featureviz.budget import pool_factor, pool_map
 from torch_featureviz.discovery import ConvTypes, find_conv_layers, unwrap_model
 from torch_featureviz.naming import CallCounter
 
@@ -156,6 +157,8 @@ class PassRecord:
     skipped: dict[str, str] = field(default_factory=dict)
     #: For an implicit pass, the layer whose call opened it.
     opener: str | None = None
+    #: ``{key: shape}`` of kept maps before pooling (only with a ``pixel_cap``).
+    native: dict[str, tuple[int, ...]] = field(default_factory=dict)
     calls: CallCounter = field(default_factory=CallCounter, repr=False)
 
 
@@ -219,6 +222,9 @@ class FeatureCapture:
         observers: :class:`PassObserver` instances that add work per conv output and per pass.
         types: restrict to these conv types (see :func:`~torch_featureviz.find_conv_layers`);
             ``None`` selects every convolution, 1-d, 2-d, 3-d and transposed.
+        pixel_cap: called with each kept map's key and shape, returns the most pixels its grid
+            may have (``None``: no limit); larger maps are average-pooled by an integer factor,
+            on device, before the copy. The monitor's byte budget is one.
 
     Raises:
         TypeError, ValueError: bad arguments, before any hook is registered.
@@ -244,8 +250,14 @@ class FeatureCapture:
         max_calls: int | None = None,
         observers: Iterable[PassObserver] = (),
         types: ConvTypes | None = None,
+        pixel_cap: Callable[[str, tuple[int, ...]], int | None] | None = None,
     ) -> None:
         check_module(model)
+        if pixel_cap is not None and not callable(pixel_cap):
+            raise TypeError(f"pixel_cap must be callable or None, got {type(pixel_cap).__name__}.")
+        #: ``(key, kept map shape) -> the most pixels its grid may have``, or None; larger maps
+        #: are average-pooled by an integer factor in the hook (see :mod:`torch_featureviz.budget`).
+        self.pixel_cap = pixel_cap
         self.max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
         self.sample = check_non_negative_int(sample, "sample")
         self.record: Record = check_choice(record, "record", _RECORD)
@@ -496,12 +508,16 @@ class FeatureCapture:
             return None
         if self.max_channels is not None:
             out = out[: self.max_channels]
+        factor = 1
+        if self.pixel_cap is not None:
+            record.native[key] = tuple(out.shape)
+            factor = pool_factor(tuple(out.shape), self.pixel_cap(key, tuple(out.shape)))
         # Always a copy: the conv output may be overwritten in place after the hook returns.
         # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
         if not _compiling() and torch.is_inference_mode_enabled():
             with torch.inference_mode(False):
-                return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-        return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+                return _copy(out, factor)
+        return _copy(out, factor)
 
     # -- probe passes ------------------------------------------------------------------------------
     def probe(self, inputs: ModelInput) -> dict[str, torch.Tensor]:
@@ -539,6 +555,13 @@ class FeatureCapture:
             if not attached:
                 self.remove()
         return self.maps
+
+
+def _copy(out: torch.Tensor, factor: int) -> torch.Tensor:
+    """A float32 contiguous copy of ``out``, average-pooled by ``factor``."""
+    if factor > 1:
+        return pool_map(out.float(), factor).contiguous()  # pooling makes the copy
+    return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
 def _input_hint(error: Exception) -> str:

@@ -63,6 +63,14 @@ class MonitorConfig:
             ``False`` every rank writes into ``<log_dir>/rank<r>``.
         start_step: the global step of the first ``step()`` call.
         cmap: a matplotlib colormap for feature maps (``None``: grayscale).
+        log_budget: about how many bytes the images of one capture may take (filters, and the
+            training-batch and probe maps). Maps are average-pooled by integer factors to fit,
+            small maps first keeping their native resolution (see
+            :mod:`torch_featureviz.budget`); ``None`` logs native resolution.
+        max_grid_side: the longest side of any map grid, in pixels (``None``: no limit), so
+            a huge input gives a bounded image and bounded memory.
+        filter_tile: the smallest filter tile width in pixels (filters are upscaled by an
+            integer factor to reach it).
         name: put every tag under ``<name>/`` (a GAN's ``"G"`` and ``"D"`` sharing a run).
         handle_sigterm: on SIGTERM, flush the log, then run the previous handler.
     """
@@ -91,6 +99,9 @@ class MonitorConfig:
     rank_zero_only: bool = True
     start_step: int = 0
     cmap: str | None = None
+    log_budget: int | None = 500_000
+    max_grid_side: int | None = 2048
+    filter_tile: int = 8
     name: str | None = None
     handle_sigterm: bool = False
 
@@ -122,6 +133,9 @@ class MonitorConfig:
         check_timeout(self.close_timeout, "close_timeout")
         check_non_negative_int(self.start_step, "start_step")
         check_cmap(self.cmap)
+        check_positive_int(self.log_budget, "log_budget", allow_none=True)
+        check_positive_int(self.max_grid_side, "max_grid_side", allow_none=True)
+        check_positive_int(self.filter_tile, "filter_tile")
         check_prefix(self.name, "name")
 
     @classmethod

@@ -92,6 +92,7 @@ from torch_featureviz._validation import (
     check_timeout,
 )
 from torch_featureviz.background import BackgroundWriter, Sink
+from torch_featureviz.budget import MapBudget, filter_pixels
 from torch_featureviz.capture import (
     FeatureCapture,
     _describe_input,
@@ -246,8 +247,14 @@ class FeatureMonitor:
             log_dir = os.path.join(os.fspath(log_dir), f"rank{self.rank}")
         # Encode on the writer thread itself: it runs at a low priority to use idle CPU, and
         # extra encoder threads would only compete with training.
+        capture.pixel_cap = self._map_budget(capture)
         writer = TensorBoardWriter(
-            log_dir, max_filters=cfg.max_filters, cmap=cfg.cmap, encode_threads=1, prefix=cfg.name
+            log_dir,
+            max_filters=cfg.max_filters,
+            cmap=cfg.cmap,
+            encode_threads=1,
+            prefix=cfg.name,
+            min_filter_tile=cfg.filter_tile,
         )
         self._warn_shared_log_dir(writer.log_dir)
         writer.log_layer_index(capture.layers, cfg.start_step)  # the tab's layer order
@@ -306,6 +313,21 @@ class FeatureMonitor:
                 f"{cause}{_input_hint(cause)}. Pass a probe shaped like one training batch."
             ) from e
         return x
+
+    def _map_budget(self, capture: FeatureCapture) -> MapBudget:
+        """Share ``log_budget`` between the filter grids and the maps of each view."""
+        cfg = self.config
+        budget = cfg.log_budget
+        if budget is not None:
+            if cfg.log_filters:
+                budget -= sum(
+                    filter_pixels(m, cfg.max_filters, cfg.filter_tile)
+                    for m in capture.layers.values()
+                )
+            budget -= 2_000 + 100 * len(capture.layers)  # scalars and record framing
+            views = int(cfg.log_hook_maps) + int(self.probe is not None)
+            budget = max(budget, 64 * len(capture.layers)) // max(views, 1)
+        return MapBudget(budget, len(capture.layers), cfg.max_grid_side)
 
     def _warn_shared_log_dir(self, log_dir: str) -> None:
         key = (os.path.realpath(log_dir), self.config.name)

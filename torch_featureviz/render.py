@@ -254,6 +254,7 @@ def make_filter_grid(
     upscale: int | None = None,
     transposed: bool = False,
     groups: int = 1,
+    min_tile: int = MIN_FILTER_TILE,
 ) -> torch.Tensor:
     """Render a conv layer's filters as one uint8 image, one tile (or row) per output channel.
 
@@ -270,7 +271,9 @@ def make_filter_grid(
 
     By conv type:
 
-    - 2-d ``(O, I, kh, kw)``: a grid of ``kh x kw`` tiles.
+    - 2-d ``(O, I, kh, kw)``: a grid of ``kh x kw`` tiles. A 1x1 kernel has no shape to show
+      (one flat pixel per filter), so it renders as the ``(out, in)`` weight matrix instead, a
+      heat map of the first ``max_filters`` inputs of each filter, as for 1-d kernels of size 1.
     - 1-d ``(O, I, k)``: an ``(out, k)`` heat map, one row per filter, its input channels
       reduced by ``channel`` as above; kernels of size 1 have no shape to show, so they render
       as an ``(out, in)`` heat map of their weights instead (``channel`` is then unused). Rows
@@ -290,7 +293,8 @@ def make_filter_grid(
             2-d 1x1 kernels: their tiles are single pixels, so a per-tile scale would make every
             one black, while one shared scale shows each filter's weight against the others.
         nrow, padding: as for :func:`make_image_grid`.
-        upscale: nearest-neighbour factor; default makes tiles (1-d: rows) >= 32 px wide.
+        upscale: nearest-neighbour factor; default makes tiles (1-d: rows) >= ``min_tile`` px.
+        min_tile: the smallest tile (1-d: row) width the default ``upscale`` gives, in pixels.
         transposed: the raw ``weight`` tensor is a transposed conv's ``(I, O / groups, *k)``.
             Read from the module when a module is given.
         groups: the transposed conv's ``groups`` (only used with ``transposed``; read from the
@@ -348,13 +352,19 @@ def make_filter_grid(
         w = w[:, :, w.shape[2] // 2]  # the middle temporal slice
     if max_filters is not None:
         w = w[:max_filters]
+    if w.dim() == 4 and w.shape[-2:] == (1, 1):
+        w = w[:, :, :, 0]  # a 1x1 kernel: its (out, in) weight matrix
     if w.dim() == 3:
-        return _filter_rows(w, channel, normalize=normalize, padding=padding, upscale=upscale)
+        if w.shape[2] == 1 and max_filters is not None:
+            w = w[:, :max_filters]
+        return _filter_rows(
+            w, channel, normalize=normalize, padding=padding, upscale=upscale, min_tile=min_tile
+        )
     tiles = _filter_tiles(w.float(), channel)
     if normalize is None:
-        normalize = "grid" if tiles.shape[-2:] == (1, 1) else "tile"
+        normalize = "tile"
     if upscale is None:
-        upscale = max(1, math.ceil(MIN_FILTER_TILE / max(tiles.shape[-2:])))
+        upscale = max(1, math.ceil(min_tile / max(tiles.shape[-2:])))
     return make_image_grid(tiles, nrow=nrow, normalize=normalize, padding=padding, upscale=upscale)
 
 
@@ -365,6 +375,7 @@ def _filter_rows(
     normalize: Normalize | None,
     padding: int,
     upscale: int | None,
+    min_tile: int = MIN_FILTER_TILE,
 ) -> torch.Tensor:
     """1-d filters ``(O, I, k)`` as a heat map: ``(out, k)``, or ``(out, in)`` when k == 1."""
     if w.shape[0] == 0 or w.shape[1] == 0 or w.shape[2] == 0:
@@ -377,7 +388,7 @@ def _filter_rows(
     else:
         rows = _filter_tiles(w.float(), channel)  # (O, 1 or 3, k)
     cell = _check_upscale(
-        upscale if upscale is not None else max(1, math.ceil(MIN_FILTER_TILE / rows.shape[2]))
+        upscale if upscale is not None else max(1, math.ceil(min_tile / rows.shape[2]))
     )
     image = _rows_image(rows, normalize=normalize or "tile", row_height=cell, col_width=cell)
     return _pad(image, padding)
@@ -419,6 +430,8 @@ def make_feature_grid(
       unused. (A single 2-d channel ``(H, W)`` is therefore passed as ``maps[None]``.)
     - ``(C, T, H, W)``, 3-d convs: a grid of one frame per channel, the middle frame
       ``T // 2`` unless ``frame`` chooses another.
+    - ``(C, 1, 1)`` (squeeze-excitation, ECA and ASPP pooling convs): one band of ``C`` cells
+      on one shared scale, channel 0 on the left.
 
     Args:
         maps: activations of one sample, as above. Any real dtype or memory format; not
@@ -468,6 +481,17 @@ def make_feature_grid(
         if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
             raise ValueError(f"max_channels must be a positive int or None, got {max_channels!r}.")
         maps = maps[:max_channels]
+    if maps.dim() == 3 and maps.shape[-2:] == (1, 1):
+        # (C, 1, 1) maps (squeeze-excitation, ECA, ASPP pooling): one value per channel. As
+        # 1x1 tiles each would be scaled alone, hence black; as one band of C square cells they
+        # share one scale and show each channel against the others.
+        cell = ROW_HEIGHT * _check_upscale(upscale)
+        image = _rows_image(
+            maps.reshape(1, 1, -1), normalize="tile", row_height=cell, col_width=cell
+        )
+        if cmap is not None:
+            image = _colormap_lut(cmap).to(image.device)[image[0].long()].permute(2, 0, 1)
+        return _pad(image, padding)
     if maps.dim() == 2:
         if normalize not in ("tile", "grid"):
             raise ValueError(f"normalize must be 'tile' or 'grid', got {normalize!r}.")

@@ -141,6 +141,8 @@ class TensorBoardWriter:
             :meth:`log_feature_maps`; default ``min(4, os.cpu_count())``. ``1`` encodes on the
             calling thread (what a background writer that should only use idle CPU wants).
         prefix: put every tag under ``<prefix>/`` (two models logging into one directory).
+        min_filter_tile: the smallest filter tile width, in pixels (filters are upscaled by
+            an integer factor to reach it; a viewer can upscale further without blur).
 
     Example::
 
@@ -166,6 +168,7 @@ class TensorBoardWriter:
         cmap: str | None = None,
         encode_threads: int | None = None,
         prefix: str | None = None,
+        min_filter_tile: int = 32,
     ) -> None:
         if isinstance(png_level, bool) or not isinstance(png_level, int):
             raise TypeError(f"png_level must be an int in 0..9, got {type(png_level).__name__}.")
@@ -179,6 +182,7 @@ class TensorBoardWriter:
         self.max_filters = check_positive_int(max_filters, "max_filters", allow_none=True)
         self.cmap = cmap
         self.prefix = check_prefix(prefix)
+        self.min_filter_tile = check_positive_int(min_filter_tile, "min_filter_tile")
         #: The user's ``SummaryWriter`` when one was given, else ``None``.
         self.writer: Any = None
         self._events: Any
@@ -304,7 +308,12 @@ class TensorBoardWriter:
                 f"{type(model_or_layers).__name__}."
             )
         grids = {
-            name: make_filter_grid(w, channel=self.filter_channel, max_filters=self.max_filters)
+            name: make_filter_grid(
+                w,
+                channel=self.filter_channel,
+                max_filters=self.max_filters,
+                min_tile=self.min_filter_tile,
+            )
             for name, w in weights.items()
         }
         return self._log_grids(("filters",), grids, step)
