@@ -71,6 +71,7 @@ inside a DataLoader worker.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -92,7 +93,7 @@ from torch_featureviz._validation import (
     check_timeout,
 )
 from torch_featureviz.background import BackgroundWriter, Sink
-from torch_featureviz.budget import MapBudget, filter_pixels
+from torch_featureviz.budget import MapBudget, filter_pixels, pool_map
 from torch_featureviz.capture import (
     FeatureCapture,
     _describe_input,
@@ -474,7 +475,11 @@ class FeatureMonitor:
                 self._probe_logged = True
                 first = self.probe if isinstance(self.probe, torch.Tensor) else None
                 if first is not None and first.dim() >= 3:
-                    item.probe_image = first[cfg.sample].detach().float()
+                    image = first[cfg.sample].detach().float()
+                    side = cfg.max_grid_side
+                    if side is not None and image.dim() == 3 and max(image.shape[1:]) > side:
+                        image = pool_map(image, math.ceil(max(image.shape[1:]) / side))
+                    item.probe_image = image
         if cfg.log_filters or cfg.histograms:
             for name, conv in cap.layers.items():
                 w = getattr(conv, "weight", None)
