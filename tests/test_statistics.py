@@ -119,3 +119,43 @@ def test_dead_channel_window() -> None:
     assert window.update("a", torch.tensor([1.0, -1.0])) == 0.5
     assert window.update("a", torch.tensor([-1.0, 1.0])) == 0.0  # each active once in window
     assert window.update("a", torch.tensor([-1.0, -1.0])) == 0.5  # the first capture left
+
+
+@pytest.mark.slow
+def test_custom_scalars_layout_and_model_summaries_read_back_through_tensorboard(
+    tmp_path: Path,
+) -> None:
+    from tests.tensorboard_server import start_tensorboard
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    run = tmp_path / "logs" / "resnet50"
+    with FeatureMonitor(model, run, every=1) as monitor:
+        model(torch.randn(2, 3, 64, 64)).sum().backward()
+        monitor.step()
+    assert monitor.charts <= 25  # resnet50's 212 per-layer scalars in 21 charts
+    ea = read_events(run)
+    scalars = set(ea.Tags()["scalars"])
+    assert {
+        "summary/dead_channels_mean",
+        "summary/dead_channels_max",
+        "summary/layers_with_dead_channels",
+    } <= scalars
+    assert "activations/layer1.0.conv1/dead_channels" in scalars  # per-layer scalars stay
+    server = start_tensorboard(tmp_path / "logs", tmp_path / "tb.log", {"resnet50"})
+    try:
+        layout = server.get_json("/data/plugin/custom_scalars/layout")
+    finally:
+        server.stop()
+    titles = [c["title"] for c in layout["category"]]
+    assert titles == ["featureviz summary", "conv1", "layer1", "layer2", "layer3", "layer4"]
+    charts = [chart for c in layout["category"] for chart in c["chart"]]
+    assert len(charts) == monitor.charts == 21
+    layer1_mean = next(ch for ch in charts if ch["title"] == "layer1 mean")
+    patterns = layer1_mean["multiline"]["tag"]
+    assert len(patterns) == 10
+    import re
+
+    assert all(
+        any(re.fullmatch(p, t) or re.match(p, t) for t in scalars) for p in patterns
+    )

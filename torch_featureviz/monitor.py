@@ -104,7 +104,13 @@ from torch_featureviz.config import MonitorConfig
 from torch_featureviz.discovery import unwrap_model
 from torch_featureviz.naming import layer_tag, make_tag
 from torch_featureviz.schedule import CaptureSchedule
-from torch_featureviz.sink import CaptureItem, TensorBoardSink, start_host_copies
+from torch_featureviz.sink import (
+    SUMMARY_NAMES,
+    CaptureItem,
+    TensorBoardSink,
+    start_host_copies,
+    stat_groups,
+)
 from torch_featureviz.statistics import STAT_NAMES, ActivationStatistics, DeadChannelWindow
 from torch_featureviz.tensorboard import TensorBoardWriter
 
@@ -225,6 +231,8 @@ class FeatureMonitor:
         self._background: BackgroundWriter | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.probe: ModelInput | None = None
+        #: Charts in the custom-scalars layout written at construction.
+        self.charts = 0
         self.stats = ActivationStatistics(
             sample=cfg.sample, near_zero=cfg.near_zero, after_activation=cfg.stats_after_activation
         )
@@ -259,6 +267,10 @@ class FeatureMonitor:
         )
         self._warn_shared_log_dir(writer.log_dir)
         writer.log_layer_index(capture.layers, cfg.start_step)  # the tab's layer order
+        if cfg.log_stats:
+            self.charts = writer.log_scalar_layout(
+                stat_groups(list(capture.layers)), STAT_NAMES, SUMMARY_NAMES, cfg.start_step
+            )
         if cfg.handle_sigterm and threading.current_thread() is not threading.main_thread():
             writer.close()
             raise ValueError(

@@ -16,7 +16,60 @@ from torch_featureviz.naming import layer_tag
 from torch_featureviz.statistics import DeadChannelWindow, LayerSums, finish_stats
 from torch_featureviz.tensorboard import TensorBoardWriter
 
-__all__ = ["CaptureItem", "TensorBoardSink", "start_host_copies"]
+__all__ = [
+    "SUMMARY_NAMES",
+    "CaptureItem",
+    "TensorBoardSink",
+    "model_summary",
+    "stat_groups",
+    "start_host_copies",
+]
+
+#: Model-wide scalars logged at each capture, under ``summary/<name>``.
+SUMMARY_NAMES = ("dead_channels_mean", "dead_channels_max", "layers_with_dead_channels")
+
+
+def model_summary(dead_fractions: list[float]) -> dict[str, float]:
+    """The model-wide summaries of one capture's per-layer dead-channel fractions."""
+    return {
+        "dead_channels_mean": sum(dead_fractions) / len(dead_fractions),
+        "dead_channels_max": max(dead_fractions),
+        "layers_with_dead_channels": float(sum(f > 0 for f in dead_fractions)),
+    }
+
+
+def stat_groups(layers: list[str], max_groups: int = 6) -> dict[str, list[str]]:
+    """Group layer keys into stages for the custom-scalars charts, in model order.
+
+    Layers group by their first name component (``layer1``, ``features``); a group holding most
+    of the model (timm's ``blocks``, torchvision's ``features``) is split by its second one, and
+    groups beyond ``max_groups`` are merged into contiguous runs so the chart count stays small.
+    """
+
+    def head(key: str, depth: int) -> str:
+        parts = key.split(".")
+        return ".".join(parts[: min(depth, max(len(parts) - 1, 1))])
+
+    groups: dict[str, list[str]] = {}
+    for key in layers:
+        groups.setdefault(head(key, 1), []).append(key)
+    if len(groups) < 3 and layers:
+        big = max(groups, key=lambda g: len(groups[g]))
+        inner: dict[str, list[str]] = {}
+        for key in groups.pop(big):
+            inner.setdefault(head(key, 2), []).append(key)
+        groups.update(inner)
+        groups = {g: groups[g] for g in sorted(groups, key=lambda g: layers.index(groups[g][0]))}
+    if len(groups) > max_groups:
+        names = list(groups)
+        size = -(-len(names) // max_groups)
+        merged: dict[str, list[str]] = {}
+        for i in range(0, len(names), size):
+            chunk = names[i : i + size]
+            title = chunk[0] if len(chunk) == 1 else f"{chunk[0]} .. {chunk[-1]}"
+            merged[title] = [k for n in chunk for k in groups[n]]
+        groups = merged
+    return groups
 
 
 @dataclass
@@ -108,6 +161,7 @@ class TensorBoardSink:
         if item.probe_maps:
             writer.log_feature_maps(item.probe_maps, step, mode="probe")
         scalars: dict[str, float] = {}
+        dead_fractions: list[float] = []
         for key, sums in item.stats.items():
             mean, std, near = finish_stats(sums)
             values = {
@@ -116,6 +170,7 @@ class TensorBoardSink:
                 "near_zero": near,
                 "dead_channels": self.dead.update(key, sums.peak),
             }
+            dead_fractions.append(values["dead_channels"])
             for stat, value in values.items():
                 scalars[writer.tag("activations", layer_tag(key), stat)] = value
         if self.histograms:
@@ -125,6 +180,10 @@ class TensorBoardSink:
                 )
             for key, w in item.filters.items():
                 writer.log_histogram(writer.tag("histograms", "weights", layer_tag(key)), w, step)
+        if dead_fractions:
+            scalars.update(
+                {writer.tag("summary", k): v for k, v in model_summary(dead_fractions).items()}
+            )
         scalars[writer.tag("featureviz", "dropped_captures")] = item.dropped
         writer.log_scalars(scalars, step)
         writer.flush()

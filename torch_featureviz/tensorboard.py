@@ -259,6 +259,45 @@ class TensorBoardWriter:
 
         self.add_summary(layers_summary([layer_tag(k) for k in layers], self.prefix), step)
 
+    def log_scalar_layout(
+        self,
+        groups: Mapping[str, Iterable[str]],
+        stats: Iterable[str],
+        summaries: Iterable[str] = (),
+        step: int = 0,
+    ) -> int:
+        """Write a custom-scalars layout: one multi-line chart per statistic per group.
+
+        Args:
+            groups: ``{group name: layer keys}``, e.g. the stages of a ResNet.
+            stats: the per-layer statistics (``activations/<layer>/<stat>``).
+            summaries: model-wide scalars (``summary/<name>``), one chart holding them all.
+
+        Returns:
+            The number of charts.
+        """
+        import re as _re
+
+        from torch.utils.tensorboard.summary import custom_scalars
+
+        layout: dict[str, dict[str, list[Any]]] = {}
+        names = list(summaries)
+        if names:
+            tags = [_re.escape(self.tag("summary", n)) + "$" for n in names]
+            layout["featureviz summary"] = {"model-wide": ["Multiline", tags]}
+        for group, keys in groups.items():
+            layer_tags = [layer_tag(k) for k in keys]
+            title = f"{self.prefix}/{group}" if self.prefix else group
+            layout[title] = {
+                f"{group} {stat}": [
+                    "Multiline",
+                    [_re.escape(self.tag("activations", t, stat)) + "$" for t in layer_tags],
+                ]
+                for stat in stats
+            }
+        self.add_summary(custom_scalars(layout), step)
+        return sum(len(charts) for charts in layout.values())
+
     def add_summary(self, summary: Any, step: int) -> None:
         """Write a ready ``Summary`` protobuf (the plugin's metadata, custom layouts)."""
         self._check_open()
