@@ -74,7 +74,9 @@ def test_a_2048_px_input_stays_bounded(tmp_path: Path) -> None:
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
     ).eval()
     probe = torch.randn(1, 3, 2048, 2048)
-    with FeatureMonitor(model, tmp_path, every=1, probe=probe, max_grid_side=512) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", probe=probe, max_grid_side=512
+    ) as monitor:
         with torch.no_grad():
             model.train()
         x = torch.randn(1, 3, 2048, 2048, requires_grad=True)

@@ -70,7 +70,9 @@ def test_any_order_of_grad_modes_never_raises(order: tuple[str, ...]) -> None:
 def test_monitor_survives_inference_mode_validation(tmp_path: Path) -> None:
     model = tiny_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with FeatureMonitor(model, tmp_path, every=1, probe=torch.randn(1, 3, 8, 8)) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", probe=torch.randn(1, 3, 8, 8)
+    ) as monitor:
         for _ in range(4):
             sgd_step(model, torch.randn(2, 3, 8, 8), opt)
             monitor.step()
@@ -84,7 +86,7 @@ def test_validation_between_steps_is_not_logged_as_training_maps(tmp_path: Path)
     model = tiny_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights fixed: references stay valid
     counter = CountingObserver()
-    monitor = FeatureMonitor(model, tmp_path, every=1, max_channels=None)
+    monitor = FeatureMonitor(model, tmp_path, every=1, on_full="block", max_channels=None)
     monitor_capture_observers(monitor).append(counter)
     train_x = [torch.randn(2, 3, 8, 8) for _ in range(3)]
     for x in train_x:
@@ -106,7 +108,9 @@ def test_validation_between_steps_is_not_logged_as_training_maps(tmp_path: Path)
 def test_record_all_keeps_the_old_behaviour(tmp_path: Path) -> None:
     model = tiny_net()
     val_x = torch.randn(2, 3, 8, 8)
-    with FeatureMonitor(model, tmp_path, every=1, max_channels=None, record="all") as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", max_channels=None, record="all"
+    ) as monitor:
         model(torch.randn(2, 3, 8, 8)).sum().backward()
         with torch.no_grad():
             model(val_x)
@@ -167,7 +171,7 @@ def test_timm_grad_checkpointing_with_the_monitor(tmp_path: Path) -> None:
     model.set_grad_checkpointing(True)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     xs = [torch.randn(2, 3, 32, 32) for _ in range(2)]
-    with FeatureMonitor(model, tmp_path, every=1, max_channels=None) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", max_channels=None) as monitor:
         for x in xs:
             sgd_step(model, x, opt)
             monitor.step()
@@ -199,7 +203,7 @@ def test_ema_with_a_monitor_logs_only_the_trained_model(tmp_path: Path) -> None:
     model = timm.create_model("resnet10t", num_classes=4)
     ema = timm.utils.ModelEmaV3(model, decay=0.9)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with FeatureMonitor(model, tmp_path, every=1) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block") as monitor:
         for _ in range(2):
             sgd_step(model, torch.randn(2, 3, 32, 32), opt)
             ema.update(model)
@@ -235,7 +239,9 @@ def test_saved_attached_model_loads_without_the_package(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_probe_follows_the_models_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
     model = tiny_net()
-    with FeatureMonitor(model, tmp_path, every=1, probe=torch.randn(1, 3, 8, 8)) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", probe=torch.randn(1, 3, 8, 8)
+    ) as monitor:
         model.to(dtype)
         x = torch.randn(2, 3, 8, 8, dtype=dtype)
         model(x).float().sum().backward()
@@ -249,7 +255,7 @@ def test_short_and_empty_batches_keep_training_and_statistics(tmp_path: Path) ->
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        with FeatureMonitor(model, tmp_path, every=1, sample=3) as monitor:
+        with FeatureMonitor(model, tmp_path, every=1, on_full="block", sample=3) as monitor:
             for batch in (4, 2, 0):
                 x = torch.randn(batch, 3, 8, 8)
                 out = model(x)
@@ -291,7 +297,7 @@ def test_space_to_depth_stems_work(tmp_path: Path) -> None:
     model = SpaceToDepth()
     x = torch.randn(1, 3, 16, 16)
     assert capture_feature_maps(model, x)["conv"].shape == (8, 8, 8)
-    with FeatureMonitor(model, tmp_path, every=1, probe=x) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", probe=x) as monitor:
         model(torch.randn(2, 3, 16, 16)).sum().backward()
         monitor.step()
     assert "feature_maps/probe/conv" in read_events(tmp_path).Tags()["images"]
@@ -309,7 +315,7 @@ def test_forward_features_forward_head_loop_is_captured(tmp_path: Path) -> None:
     model = timm.create_model("resnet10t", num_classes=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     xs = [torch.randn(2, 3, 32, 32) for _ in range(3)]
-    with FeatureMonitor(model, tmp_path, every=1, max_channels=None) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", max_channels=None) as monitor:
         for x in xs:
             out = model.forward_head(model.forward_features(x))  # never calls model.forward
             out.square().mean().backward()
@@ -373,7 +379,7 @@ def test_keyboard_interrupt_in_forward_and_in_step(tmp_path: Path) -> None:
 # -- 10. lifetime -------------------------------------------------------------------------------
 def test_monitor_dropped_without_close_is_freed_and_flushed(tmp_path: Path) -> None:
     model = tiny_net()
-    monitor = FeatureMonitor(model, tmp_path, every=1)
+    monitor = FeatureMonitor(model, tmp_path, every=1, on_full="block")
     thread = monitor.writer_thread
     assert thread is not None
     for _ in range(3):
@@ -393,7 +399,7 @@ def test_notebook_rebuilding_the_model_keeps_no_old_monitors(tmp_path: Path) -> 
     refs = []
     for k in range(5):
         model = tiny_net(seed=k)
-        monitor = FeatureMonitor(model, tmp_path / str(k), every=1)
+        monitor = FeatureMonitor(model, tmp_path / str(k), every=1, on_full="block")
         refs.append(weakref.ref(monitor))
     del model, monitor
     gc.collect()
@@ -404,16 +410,17 @@ def test_notebook_rebuilding_the_model_keeps_no_old_monitors(tmp_path: Path) -> 
 # -- 11. shared log directories -------------------------------------------------------------------
 def test_two_monitors_in_one_directory(tmp_path: Path) -> None:
     g, d = tiny_net(seed=1), tiny_net(seed=2)
-    first = FeatureMonitor(g, tmp_path, every=1)
+    first = FeatureMonitor(g, tmp_path, every=1, on_full="block")
     with pytest.warns(RuntimeWarning, match="give each monitor its own name|Give each monitor"):
-        second = FeatureMonitor(d, tmp_path, every=1)
+        second = FeatureMonitor(d, tmp_path, every=1, on_full="block")
     second.close()
     first.close()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with FeatureMonitor(g, tmp_path / "gan", every=1, name="G") as mg, FeatureMonitor(
-            d, tmp_path / "gan", every=1, name="D"
-        ) as md:
+        with (
+            FeatureMonitor(g, tmp_path / "gan", every=1, on_full="block", name="G") as mg,
+            FeatureMonitor(d, tmp_path / "gan", every=1, on_full="block", name="D") as md,
+        ):
             for model, monitor in ((g, mg), (d, md)):
                 model(torch.randn(2, 3, 8, 8)).sum().backward()
                 monitor.step()

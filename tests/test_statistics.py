@@ -41,7 +41,7 @@ class BiasKilled(nn.Module):
 def test_dead_half_is_flagged_after_the_activation(tmp_path: Path) -> None:
     model = BiasKilled()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    with FeatureMonitor(model, tmp_path, every=1, dead_window=3) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", dead_window=3) as monitor:
         for _ in range(3):
             model(torch.randn(4, 3, 8, 8)).square().mean().backward()
             opt.step()
@@ -54,7 +54,9 @@ def test_dead_half_is_flagged_after_the_activation(tmp_path: Path) -> None:
     assert dead1 >= 0.4
     assert dead2 <= 0.1
     # The raw conv output would have said nothing was dead:
-    with FeatureMonitor(model, tmp_path / "raw", every=1, stats_after_activation=False) as raw:
+    with FeatureMonitor(
+        model, tmp_path / "raw", every=1, on_full="block", stats_after_activation=False
+    ) as raw:
         model(torch.randn(4, 3, 8, 8)).sum().backward()
         raw.step()
     assert read_events(tmp_path / "raw").Scalars("activations/conv1/dead_channels")[0].value == 0
@@ -130,7 +132,7 @@ def test_custom_scalars_layout_and_model_summaries_read_back_through_tensorboard
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
     run = tmp_path / "logs" / "resnet50"
-    with FeatureMonitor(model, run, every=1) as monitor:
+    with FeatureMonitor(model, run, every=1, on_full="block") as monitor:
         model(torch.randn(2, 3, 64, 64)).sum().backward()
         monitor.step()
     assert monitor.charts <= 25  # resnet50's 212 per-layer scalars in 21 charts
@@ -156,6 +158,4 @@ def test_custom_scalars_layout_and_model_summaries_read_back_through_tensorboard
     assert len(patterns) == 10
     import re
 
-    assert all(
-        any(re.fullmatch(p, t) or re.match(p, t) for t in scalars) for p in patterns
-    )
+    assert all(any(re.fullmatch(p, t) or re.match(p, t) for t in scalars) for p in patterns)

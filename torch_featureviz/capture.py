@@ -159,6 +159,9 @@ class PassRecord:
     opener: str | None = None
     #: ``{key: shape}`` of kept maps before pooling (only with a ``pixel_cap``).
     native: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: ``{key: (C,) mean of each channel of the kept sample}``, every channel (only when the
+    #: capture's ``track_channel_means`` is on).
+    channel_means: dict[str, torch.Tensor] = field(default_factory=dict)
     calls: CallCounter = field(default_factory=CallCounter, repr=False)
 
 
@@ -258,6 +261,11 @@ class FeatureCapture:
         #: ``(key, kept map shape) -> the most pixels its grid may have``, or None; larger maps
         #: are average-pooled by an integer factor in the hook (see :mod:`torch_featureviz.budget`).
         self.pixel_cap = pixel_cap
+        #: ``{layer key: channel indices}`` to keep instead of the first ``max_channels``
+        #: (on the maps' device); set by the monitor's channel choice.
+        self.channel_index: dict[str, torch.Tensor] = {}
+        #: Record each kept sample's per-channel means in ``PassRecord.channel_means``.
+        self.track_channel_means = False
         self.max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
         self.sample = check_non_negative_int(sample, "sample")
         self.record: Record = check_choice(record, "record", _RECORD)
@@ -506,7 +514,12 @@ class FeatureCapture:
         elif out.dim() != spatial + 1:  # an unbatched conv call gives (C, *spatial)
             self._note(record, key, f"unexpected output shape {tuple(out.shape)}", "shape")
             return None
-        if self.max_channels is not None:
+        if self.track_channel_means:
+            record.channel_means[key] = out.detach().float().flatten(1).mean(1)
+        chosen = self.channel_index.get(key)
+        if chosen is not None and chosen.device == out.device and chosen.numel():
+            out = out.index_select(0, chosen)
+        elif self.max_channels is not None:
             out = out[: self.max_channels]
         factor = 1
         if self.pixel_cap is not None:

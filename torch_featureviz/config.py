@@ -37,6 +37,13 @@ class MonitorConfig:
         types: conv types to watch (see :func:`~torch_featureviz.find_conv_layers`); ``None``
             watches every convolution, 1-d, 2-d, 3-d and transposed.
         max_channels: channels per feature-map grid.
+        channels: which channels the grids show: ``"first"`` (channels 0..max_channels-1),
+            ``"top"`` (the most active: the largest mean activation of the shown sample) or
+            ``"changed"`` (the largest change of that mean since the capture before). The
+            choice is made from the captures before it and kept until the next refresh, so a
+            tile keeps its meaning while you scrub; it is logged as text under
+            ``featureviz/channels`` (layer: channel of each tile, in order).
+        channel_refresh: choose again every this many captures; ``None`` chooses once.
         max_filters: filters per filter grid.
         sample: which sample of the training batch (and of the probe) is shown.
         log_filters: log filter grids.
@@ -80,6 +87,8 @@ class MonitorConfig:
     layers: str | Iterable[str] | None = None
     types: Any = None
     max_channels: int | None = 16
+    channels: Literal["first", "top", "changed"] = "first"
+    channel_refresh: int | None = 50
     max_filters: int | None = 64
     sample: int = 0
     log_filters: bool = True
@@ -111,6 +120,13 @@ class MonitorConfig:
             self.every_seconds, "every_seconds", minimum=0.0, exclusive=True, allow_none=True
         )
         check_positive_int(self.max_channels, "max_channels", allow_none=True)
+        check_choice(self.channels, "channels", ("first", "top", "changed"))
+        check_positive_int(self.channel_refresh, "channel_refresh", allow_none=True)
+        if self.channels != "first" and self.max_channels is None:
+            raise ValueError(
+                f"channels={self.channels!r} chooses max_channels channels; set max_channels "
+                "(e.g. 16) or use channels='first'."
+            )
         check_positive_int(self.max_filters, "max_filters", allow_none=True)
         check_non_negative_int(self.sample, "sample")
         for flag in (

@@ -100,6 +100,7 @@ from torch_featureviz.capture import (
     _input_hint,
     _unbatched_dims,
 )
+from torch_featureviz.channels import ChannelChooser
 from torch_featureviz.config import MonitorConfig
 from torch_featureviz.discovery import unwrap_model
 from torch_featureviz.naming import layer_tag, make_tag
@@ -257,6 +258,8 @@ class FeatureMonitor:
         # Encode on the writer thread itself: it runs at a low priority to use idle CPU, and
         # extra encoder threads would only compete with training.
         capture.pixel_cap = self._map_budget(capture)
+        capture.track_channel_means = cfg.channels != "first"
+        self._chooser = ChannelChooser(cfg.channels, cfg.max_channels, cfg.channel_refresh)
         writer = TensorBoardWriter(
             log_dir,
             max_filters=cfg.max_filters,
@@ -478,6 +481,9 @@ class FeatureMonitor:
         if fresh and last is not None:
             if cfg.log_hook_maps:
                 item.hook_maps = dict(last.maps)
+            if cfg.channels != "first":
+                item.channels = self._chooser.shown(cap.channel_index, last.maps)
+                cap.channel_index = self._chooser.update(last.channel_means, cap.channel_index)
             published = self.stats.published
             if cfg.log_stats and published is not None and published[0] == last.index:
                 item.stats = dict(published[1])

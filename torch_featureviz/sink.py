@@ -83,6 +83,8 @@ class CaptureItem:
     filters: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, LayerSums] = field(default_factory=dict)
     probe_image: torch.Tensor | None = None
+    #: ``{key: channel of each tile}`` when the monitor chooses channels.
+    channels: dict[str, list[int]] | None = None
     #: Captures dropped before this one (logged as ``featureviz/dropped_captures``).
     dropped: int = 0
     #: A CUDA event to wait on before reading pinned host copies.
@@ -156,6 +158,8 @@ class TensorBoardSink:
             writer.log_image(item.probe_image, step, name="probe")
         if self.log_filters and item.filters:
             writer.log_filters(item.filters, step)
+        if item.channels:
+            writer.log_channels(item.channels, step)
         if item.hook_maps:
             writer.log_feature_maps(item.hook_maps, step, mode="hook")
         if item.probe_maps:

@@ -259,6 +259,16 @@ class TensorBoardWriter:
 
         self.add_summary(layers_summary([layer_tag(k) for k in layers], self.prefix), step)
 
+    def log_channels(self, channels: Mapping[str, list[int]], step: int) -> str:
+        """Say which channel each tile of each layer's map grid shows, as a text summary
+        (``featureviz/channels``): one line per layer, ``layer: c0, c1, ...`` in tile order."""
+        from torch.utils.tensorboard.summary import text
+
+        tag = self.tag("featureviz", "channels")
+        lines = [f"{layer_tag(k)}: {', '.join(map(str, v))}" for k, v in channels.items()]
+        self._add_values(list(text(tag, "  \n".join(lines)).value), step)
+        return tag
+
     def log_scalar_layout(
         self,
         groups: Mapping[str, Iterable[str]],
