@@ -287,8 +287,14 @@ def _check_logged(
 _NEEDS_MONITOR = pytest.mark.xfail(strict=False, reason="needs lead's monitor change")
 
 
-@_NEEDS_MONITOR
-@pytest.mark.parametrize("kind", sorted(CONV_TYPE_MODELS))
+@pytest.mark.parametrize(
+    "kind",
+    [
+        # Conv3d: no activation statistics yet; transposed convs: filters sliced on the wrong axis
+        pytest.param(k, marks=_NEEDS_MONITOR) if k not in ("Conv1d", "Conv2d") else k
+        for k in sorted(CONV_TYPE_MODELS)
+    ],
+)
 def test_tensorboard_tags_of_each_conv_type_read_back(kind: str, tmp_path: Any) -> None:
     build, shape = CONV_TYPE_MODELS[kind]
     torch.manual_seed(0)
