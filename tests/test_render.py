@@ -408,3 +408,21 @@ def test_every_conv_type_renders_maps_and_filters(kind, dtype):
     assert torch.equal(grids[0], make_feature_grid(out.float()))
     transposed = "Transpose" in kind
     assert torch.equal(grids[1], make_filter_grid(conv.weight.float(), transposed=transposed))
+
+
+def test_to_output_filters_gives_a_convs_layout_for_every_type():
+    from torch_featureviz.render import to_output_filters
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, groups=2)
+    assert to_output_filters(conv) is not conv.weight  # detached
+    assert torch.equal(to_output_filters(conv), conv.weight)
+    for groups in (1, 2):
+        t = nn.ConvTranspose2d(4, 6, 3, groups=groups)
+        expected = _per_output(t.weight.detach(), groups)
+        assert torch.equal(to_output_filters(t), expected)
+        assert torch.equal(to_output_filters(t.weight, transposed=True, groups=groups), expected)
+        assert not to_output_filters(t).requires_grad
+    assert to_output_filters(nn.ConvTranspose3d(2, 5, 3)).shape == (5, 2, 3, 3, 3)
+    with pytest.raises(TypeError, match="weight must be a tensor or a conv module"):
+        to_output_filters(nn.Linear(2, 2))

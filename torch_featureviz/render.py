@@ -31,7 +31,13 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from torch_featureviz.discovery import CONV_TYPES
 
-__all__ = ["make_feature_grid", "make_filter_grid", "make_image_grid", "to_display_image"]
+__all__ = [
+    "make_feature_grid",
+    "make_filter_grid",
+    "make_image_grid",
+    "to_display_image",
+    "to_output_filters",
+]
 
 Normalize = Literal["tile", "grid"]
 FilterChannel = Literal["auto", "rgb", "mean", "strongest"] | int
@@ -224,13 +230,57 @@ def _filter_tiles(weight: torch.Tensor, channel: FilterChannel) -> torch.Tensor:
     )
 
 
-def _per_output_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """A transposed conv's ``(I, O / groups, *k)`` weight as ``(O, I / groups, *k)``: one
-    filter per output channel, laid out like a conv's weight.
+def to_output_filters(
+    weight: torch.Tensor | nn.Module, *, transposed: bool = False, groups: int = 1
+) -> torch.Tensor:
+    """Return a conv's filters, one per output channel, in a conv's ``(O, I / groups, *k)``
+    layout, whatever the conv type.
 
-    Output channel ``o`` of group ``g`` is made from input channels ``g * I / groups`` up to
-    ``(g + 1) * I / groups``, through ``weight[those inputs, o - g * O / groups]``.
+    A conv's weight already is that; a transposed conv's weight is ``(I, O / groups, *k)``:
+    output channel ``o`` of group ``g`` is made from input channels ``g * I / groups`` up to
+    ``(g + 1) * I / groups``, through ``weight[those inputs, o - g * O / groups]``. Slice the
+    result (``[:max_filters]``) to keep the first output channels of any conv.
+
+    Args:
+        weight: a conv module (``transposed`` and ``groups`` are then read from it), or its
+            weight tensor.
+        transposed: the tensor is a transposed conv's weight.
+        groups: that transposed conv's ``groups``.
+
+    Returns:
+        The detached weight for a conv; for a transposed conv, a regrouped view of it. On the
+        weight's device, in its dtype.
+
+    Raises:
+        TypeError: ``weight`` is neither a tensor nor a conv module.
+        ValueError: ``groups`` does not divide the input channels.
+
+    Example::
+
+        >>> import torch
+        >>> to_output_filters(torch.nn.ConvTranspose2d(8, 4, 3, groups=2)).shape
+        torch.Size([4, 4, 3, 3])
     """
+    if isinstance(weight, nn.Module):
+        if not isinstance(weight, CONV_TYPES):
+            raise TypeError(
+                f"weight must be a tensor or a conv module (nn.Conv1d/2d/3d, "
+                f"nn.ConvTranspose1d/2d/3d), got {type(weight).__name__}."
+            )
+        module: _ConvNd = weight  # type: ignore[assignment]
+        transposed = isinstance(module, _ConvTransposeNd)
+        groups = module.groups
+        weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(
+            f"weight must be a tensor or a conv module such as nn.Conv2d, got "
+            f"{type(weight).__name__}."
+        )
+    if not isinstance(transposed, bool):
+        raise TypeError(f"transposed must be a bool, got {type(transposed).__name__}.")
+    weight = weight.detach()
+    if not transposed:
+        return weight
     in_ch = weight.shape[0]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}.")
@@ -283,7 +333,8 @@ def make_filter_grid(
     - transposed convs: their weight is ``(I, O / groups, *k)``, the other way round from a
       conv's. The filters shown are the *output* channels, as for a conv: filter ``o`` holds the
       weights from every input channel of its group to output ``o``. A module says it is
-      transposed; for a raw tensor pass ``transposed=True`` (and ``groups``).
+      transposed; for a raw tensor pass ``transposed=True`` (and ``groups``), or regroup it
+      first with :func:`to_output_filters`.
 
     Args:
         weight: a conv weight as above, or the conv module itself (any of ``nn.Conv1d/2d/3d``,
@@ -316,38 +367,25 @@ def make_filter_grid(
         >>> make_filter_grid(torch.nn.Conv1d(8, 4, 5)).shape  # 4 rows of 5 cells, 7 px each
         torch.Size([1, 30, 37])
     """
-    if isinstance(weight, nn.Module):
-        if not isinstance(weight, CONV_TYPES):
-            raise TypeError(
-                f"weight must be a tensor or a conv module (nn.Conv1d/2d/3d, "
-                f"nn.ConvTranspose1d/2d/3d), got {type(weight).__name__}."
-            )
-        module: _ConvNd = weight  # type: ignore[assignment]
-        transposed = isinstance(module, _ConvTransposeNd)
-        groups = module.groups
-        weight = module.weight
-    if not isinstance(weight, torch.Tensor):
+    if isinstance(weight, nn.Module) and not isinstance(weight, CONV_TYPES):
         raise TypeError(
-            f"weight must be a tensor or a conv module such as nn.Conv2d, got "
-            f"{type(weight).__name__}."
+            f"weight must be a tensor or a conv module (nn.Conv1d/2d/3d, "
+            f"nn.ConvTranspose1d/2d/3d), got {type(weight).__name__}."
         )
-    if isinstance(weight, nn.parameter.UninitializedParameter):
+    raw = weight.weight if isinstance(weight, nn.Module) else weight
+    if isinstance(raw, nn.parameter.UninitializedParameter):
         raise ValueError(
             "this lazy conv's weight is not materialised yet; run one forward pass first."
         )
-    if weight.dim() not in (3, 4, 5):
+    if isinstance(raw, torch.Tensor) and raw.dim() not in (3, 4, 5):
         raise ValueError(
             "weight must be a conv weight: (out, in, k) for 1-d, (out, in, kh, kw) for 2-d or "
-            f"(out, in, kt, kh, kw) for 3-d convs, got shape {tuple(weight.shape)}."
+            f"(out, in, kt, kh, kw) for 3-d convs, got shape {tuple(raw.shape)}."
         )
     if max_filters is not None:
         if isinstance(max_filters, bool) or not isinstance(max_filters, int) or max_filters < 1:
             raise ValueError(f"max_filters must be a positive int or None, got {max_filters!r}.")
-    if not isinstance(transposed, bool):
-        raise TypeError(f"transposed must be a bool, got {type(transposed).__name__}.")
-    w = weight.detach()
-    if transposed:
-        w = _per_output_filters(w, groups)
+    w = to_output_filters(weight, transposed=transposed, groups=groups)
     if w.dim() == 5:
         w = w[:, :, w.shape[2] // 2]  # the middle temporal slice
     if max_filters is not None:
