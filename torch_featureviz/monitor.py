@@ -104,6 +104,7 @@ from torch_featureviz.channels import ChannelChooser
 from torch_featureviz.config import MonitorConfig
 from torch_featureviz.discovery import unwrap_model
 from torch_featureviz.naming import layer_tag, make_tag
+from torch_featureviz.render import to_output_filters
 from torch_featureviz.schedule import CaptureSchedule
 from torch_featureviz.sink import (
     SUMMARY_NAMES,
@@ -502,7 +503,7 @@ class FeatureMonitor:
             for name, conv in cap.layers.items():
                 w = getattr(conv, "weight", None)
                 if isinstance(w, torch.Tensor) and w.numel():
-                    w = w.detach()
+                    w = to_output_filters(conv).detach()  # one filter per output channel
                     item.filters[name] = w if cfg.max_filters is None else w[: cfg.max_filters]
         start_host_copies(item)
         background.submit(item, label=f"the capture of step {step}")
