@@ -70,7 +70,7 @@ def write_log(logdir: Path, captures: int, layers: int, every: int = 10) -> dict
     gen = torch.Generator().manual_seed(0)
     started = time.perf_counter()
     with TensorBoardWriter(logdir, encode_threads=1) as tb:
-        tb.writer._get_file_writer().add_summary(layers_summary([layer_tag(n) for n in names]), 0)
+        tb.add_summary(layers_summary([layer_tag(n) for n in names]), 0)
         for k in range(captures):
             step = k * every
             weights = {n: torch.randn(8, 3, 3, 3, generator=gen) for n in names}

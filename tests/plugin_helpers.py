@@ -59,7 +59,7 @@ MODEL_ORDER = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1"]
 
 def write_layer_order(tb: TensorBoardWriter, layers: list[str], prefix: str | None = None) -> None:
     """Log the layer-order summary the lead's writers will log (through the SummaryWriter)."""
-    tb.writer._get_file_writer().add_summary(layers_summary(layers, prefix), 0)
+    tb.add_summary(layers_summary(layers, prefix), 0)
     tb.flush()
 
 
@@ -81,7 +81,33 @@ def write_monitor_logs(logdir: Path, *, steps: int = 6, every: int = 2, seed: in
     if order:
         with TensorBoardWriter(logdir) as tb:
             write_layer_order(tb, [layer_tag(n) for n in MODEL_ORDER])
+    else:
+        strip_layer_order(logdir)
     return list(range(0, steps, every))
+
+
+def strip_layer_order(logdir: Path) -> None:
+    """Make ``logdir`` look like logs from before the layer-order summary: rewrite its event
+    files without the ``featureviz/layers`` records (the monitor writes them since 0.2)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+
+    from torch_featureviz._png import tfrecord
+
+    for path in logdir.iterdir():
+        if "tfevents" not in path.name:
+            continue
+        reader, kept = PyRecordReader_New(str(path)), []
+        try:
+            while True:
+                reader.GetNext()
+                event = Event.FromString(reader.record())
+                if not any(v.tag.endswith("featureviz/layers") for v in event.summary.value):
+                    kept.append(tfrecord(event.SerializeToString()))
+        except errors.OutOfRangeError:
+            pass
+        path.write_bytes(b"".join(kept))
 
 
 def synthetic_layers(n: int) -> list[str]:

@@ -450,7 +450,8 @@ def test_a_new_command_is_one_registration(
     assert (code, out) == (0, "hello resnet18\n")
     with pytest.raises(SystemExit):
         cli.main([])
-    assert "choose a command: info, filters, maps, demo, bench or hello" in capsys.readouterr().err
+    expected = "choose a command: info, filters, maps, timelapse, demo, bench or hello"
+    assert expected in capsys.readouterr().err
 
 
 # -- demo and bench --------------------------------------------------------------------------------

@@ -46,8 +46,10 @@ def sgd_step(model: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer) -> t
 @pytest.mark.parametrize(
     "order", [("inference", "grad", "no_grad"), ("no_grad", "inference", "grad")]
 )
-def test_any_order_of_grad_modes_never_raises(order: tuple[str, ...]) -> None:
-    model = tiny_net()
+def test_any_order_of_grad_modes_never_raises(
+    order: tuple[str, ...], tiny_model: nn.Module
+) -> None:
+    model = tiny_model
     x = torch.randn(2, 3, 8, 8)
     modes = {
         "inference": torch.inference_mode,
@@ -67,8 +69,8 @@ def test_any_order_of_grad_modes_never_raises(order: tuple[str, ...]) -> None:
         torch.testing.assert_close(cap.maps["stem.0"], reference_maps(model, x)["stem.0"][0] + 1)
 
 
-def test_monitor_survives_inference_mode_validation(tmp_path: Path) -> None:
-    model = tiny_net()
+def test_monitor_survives_inference_mode_validation(tmp_path: Path, tiny_model: nn.Module) -> None:
+    model = tiny_model
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with FeatureMonitor(
         model, tmp_path, every=1, on_full="block", probe=torch.randn(1, 3, 8, 8)
@@ -82,8 +84,10 @@ def test_monitor_survives_inference_mode_validation(tmp_path: Path) -> None:
 
 
 # -- 2. only the training forward -----------------------------------------------------------
-def test_validation_between_steps_is_not_logged_as_training_maps(tmp_path: Path) -> None:
-    model = tiny_net()
+def test_validation_between_steps_is_not_logged_as_training_maps(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    model = tiny_model
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights fixed: references stay valid
     counter = CountingObserver()
     monitor = FeatureMonitor(model, tmp_path, every=1, on_full="block", max_channels=None)
@@ -105,8 +109,8 @@ def test_validation_between_steps_is_not_logged_as_training_maps(tmp_path: Path)
         assert torch.equal(decode(event), make_feature_grid(expected))
 
 
-def test_record_all_keeps_the_old_behaviour(tmp_path: Path) -> None:
-    model = tiny_net()
+def test_record_all_keeps_the_old_behaviour(tmp_path: Path, tiny_model: nn.Module) -> None:
+    model = tiny_model
     val_x = torch.randn(2, 3, 8, 8)
     with FeatureMonitor(
         model, tmp_path, every=1, on_full="block", max_channels=None, record="all"
@@ -183,8 +187,10 @@ def test_timm_grad_checkpointing_with_the_monitor(tmp_path: Path) -> None:
 
 
 # -- 4. copies and saves ------------------------------------------------------------------------
-def test_deep_copy_of_an_attached_model_does_no_capture_work(tmp_path: Path) -> None:
-    model = tiny_net()
+def test_deep_copy_of_an_attached_model_does_no_capture_work(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    model = tiny_model
     x, y = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     with FeatureCapture(model, max_channels=None) as cap:
         model(x)
@@ -237,8 +243,10 @@ def test_saved_attached_model_loads_without_the_package(tmp_path: Path) -> None:
 
 # -- 5. the probe follows the model -----------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_probe_follows_the_models_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
-    model = tiny_net()
+def test_probe_follows_the_models_dtype(
+    tmp_path: Path, dtype: torch.dtype, tiny_model: nn.Module
+) -> None:
+    model = tiny_model
     with FeatureMonitor(
         model, tmp_path, every=1, on_full="block", probe=torch.randn(1, 3, 8, 8)
     ) as monitor:
@@ -250,8 +258,10 @@ def test_probe_follows_the_models_dtype(tmp_path: Path, dtype: torch.dtype) -> N
 
 
 # -- 6. short and empty batches -----------------------------------------------------------------
-def test_short_and_empty_batches_keep_training_and_statistics(tmp_path: Path) -> None:
-    model = tiny_net()
+def test_short_and_empty_batches_keep_training_and_statistics(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    model = tiny_model
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -271,8 +281,8 @@ def test_short_and_empty_batches_keep_training_and_statistics(tmp_path: Path) ->
     assert [e.step for e in means] == [0, 1]  # the short batch still gets whole-batch stats
 
 
-def test_capture_of_a_short_batch_says_why() -> None:
-    model = tiny_net()
+def test_capture_of_a_short_batch_says_why(tiny_model: nn.Module) -> None:
+    model = tiny_model
     with FeatureCapture(model, sample=1) as cap, pytest.warns(RuntimeWarning, match="no sample 1"):
         model(torch.randn(1, 3, 8, 8))
     assert cap.skipped["stem.0"] == "the batch of 1 has no sample 1"
@@ -377,8 +387,10 @@ def test_keyboard_interrupt_in_forward_and_in_step(tmp_path: Path) -> None:
 
 
 # -- 10. lifetime -------------------------------------------------------------------------------
-def test_monitor_dropped_without_close_is_freed_and_flushed(tmp_path: Path) -> None:
-    model = tiny_net()
+def test_monitor_dropped_without_close_is_freed_and_flushed(
+    tmp_path: Path, tiny_model: nn.Module
+) -> None:
+    model = tiny_model
     monitor = FeatureMonitor(model, tmp_path, every=1, on_full="block")
     thread = monitor.writer_thread
     assert thread is not None

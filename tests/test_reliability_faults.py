@@ -7,7 +7,7 @@ left behind. The module prints the totals and keeps them in pytest's cache
 (``reliability/faults``).
 
 Disk faults are injected where TensorBoard's event writer touches the disk
-(``LocalFileSystem._write``, which opens the event file for every record), or for real: the log
+(through the monitor's documented ``event_file_opener`` seam), or for real: the log
 directory is renamed away mid-run, or replaced by a regular file.
 """
 
@@ -424,29 +424,45 @@ def test_keyboard_interrupt_keeps_every_queued_capture(tmp_path, delay, sigint, 
 
 # -- 3. the disk fails mid-run ---------------------------------------------------------------------
 class DiskFault:
-    """Makes TensorBoard's local event-file writes fail (or hang) once armed."""
+    """An event-file opener (FeatureMonitor's ``event_file_opener`` seam) whose writes fail,
+    or hang, once armed."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-        from tensorboard.compat.tensorflow_stub.io import gfile
-
+    def __init__(self, kind: str) -> None:
         self.kind, self.armed, self.hits = kind, False, 0
         self.release = threading.Event()
-        original = gfile.LocalFileSystem._write
 
-        def write(fs, filename, file_content, mode):  # noqa: ANN001, ANN202
-            if not self.armed:
-                return original(fs, filename, file_content, mode)
-            self.hits += 1
-            if self.kind == "hang":
-                self.release.wait(30)
-                return original(fs, filename, file_content, mode)
-            if self.kind == "enospc_partial":  # half a record reaches the disk, then it is full
-                original(fs, filename, file_content[: len(file_content) // 2], mode)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            code = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eio": errno.EIO}[self.kind]
-            raise OSError(code, os.strerror(code))
+    def open(self, path: str) -> _FaultyFile:
+        return _FaultyFile(open(path, "ab"), self)  # noqa: SIM115 - closed by the writer
 
-        monkeypatch.setattr(gfile.LocalFileSystem, "_write", write)
+
+class _FaultyFile:
+    def __init__(self, f, fault: DiskFault) -> None:  # noqa: ANN001
+        self.f, self.fault = f, fault
+
+    def write(self, data: bytes) -> int:
+        fault = self.fault
+        if not fault.armed:
+            return self.f.write(data)
+        fault.hits += 1
+        if fault.kind == "hang":
+            fault.release.wait(30)
+            return self.f.write(data)
+        if fault.kind == "enospc_partial":  # half a record reaches the disk, then it is full
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        code = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eio": errno.EIO}[fault.kind]
+        raise OSError(code, os.strerror(code))
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.f.closed
 
 
 DISK_FAULTS = {
@@ -465,9 +481,9 @@ def test_disk_fault_reaches_the_caller_and_spares_training(tmp_path, monkeypatch
     fds = len(os.listdir("/proc/self/fd"))
     log_dir = tmp_path / "run"
     model, twin = tiny_model(), tiny_model()
-    monitor = make_monitor(model, log_dir, every=2)
+    fault = DiskFault(kind)
+    monitor = make_monitor(model, log_dir, every=2, event_file_opener=fault.open)
     trainer, bare = Trainer(model, monitor), Trainer(twin, None)
-    fault = DiskFault(monkeypatch, kind)
 
     trainer.run(7)
     assert monitor.flush(timeout=10)  # what was queued so far is on disk
@@ -520,9 +536,9 @@ def test_uncaught_disk_fault_stops_training_only_if_the_user_lets_it(tmp_path, m
     the with block still closes the monitor without hiding that error."""
     threads = set(threading.enumerate())
     model = tiny_model()
-    fault = DiskFault(monkeypatch, "enospc")
+    fault = DiskFault("enospc")
     with pytest.raises(RuntimeError, match="No space left on device"):
-        with make_monitor(model, tmp_path, every=1) as monitor:
+        with make_monitor(model, tmp_path, every=1, event_file_opener=fault.open) as monitor:
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
             fault.armed = True
             ledger["faults_injected"] += 1
@@ -550,8 +566,11 @@ def test_hung_disk_close_is_bounded_and_no_thread_outlives_the_hang(tmp_path, mo
     """
     threads = set(threading.enumerate())
     model = tiny_model()
-    monitor = make_monitor(model, tmp_path, every=1, close_timeout=0.5, queue_size=queue_size)
-    fault = DiskFault(monkeypatch, "hang")
+    fault = DiskFault("hang")
+    monitor = make_monitor(
+        model, tmp_path, every=1, close_timeout=0.5, queue_size=queue_size,
+        event_file_opener=fault.open,
+    )
     trainer = Trainer(model, monitor)
     trainer.run(2)
     assert monitor.flush(timeout=10)

@@ -132,7 +132,7 @@ def test_writer_errors(tmp_path):
             tb2.log_feature_maps({"a": torch.randn(2, 3, 3)}, step=0, mode="a/b")
         with pytest.raises(TypeError, match="maps must be a"):
             tb2.log_feature_maps([torch.randn(2, 3, 3)], step=0)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="log_filters takes a model"):
+        with pytest.raises(TypeError, match="model_or_layers must be a model or a"):
             tb2.log_filters([1], step=0)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="values must be a {tag: number} mapping, got list"):
             tb2.log_scalars([("a", 1.0)], step=0)  # type: ignore[arg-type]

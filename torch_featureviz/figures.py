@@ -25,8 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from torch_featureviz._validation import check_cmap, check_writable_dir
-from torch_featureviz.discovery import find_conv_layers
+from torch_featureviz._validation import check_cmap, check_writable_dir, conv_weights
 from torch_featureviz.naming import unique_stems, unique_tags
 from torch_featureviz.render import FilterChannel, make_feature_grid, make_filter_grid
 
@@ -239,15 +238,7 @@ def save_filter_figures(
             ``out_dir`` nor ``writer``.
         OSError: ``out_dir`` cannot be written.
     """
-    if isinstance(model_or_layers, nn.Module):
-        weights: Mapping[str, Any] = find_conv_layers(model_or_layers, include=layers)
-    elif isinstance(model_or_layers, Mapping):
-        weights = model_or_layers
-    else:
-        raise TypeError(
-            "model_or_layers must be a model or a {name: conv or weight} mapping, got "
-            f"{type(model_or_layers).__name__}."
-        )
+    weights: Mapping[str, Any] = conv_weights(model_or_layers, layers)
     out = _check_targets(out_dir, writer, fmt)
     tensors = {name: _weight(name, w) for name, w in weights.items()}
     grids = {

@@ -165,6 +165,8 @@ class FeatureMonitor:
             :class:`~torch_featureviz.sink.TensorBoardSink` the monitor built, it returns the
             :class:`~torch_featureviz.background.Sink` the background writer writes into (a
             slow one, a failing one, one that also sends captures elsewhere).
+        event_file_opener: the seam for tests that make the disk fail: how the event file is
+            opened (see :class:`~torch_featureviz.TensorBoardWriter`'s ``opener``).
         **options: any other :class:`~torch_featureviz.config.MonitorConfig` field
             (``max_channels``, ``record``, ``on_full``, ``name``, ``histograms``, ...).
 
@@ -198,6 +200,7 @@ class FeatureMonitor:
         layers: str | Iterable[str] | None = None,
         config: MonitorConfig | None = None,
         sink_wrapper: Callable[[Sink], Sink] | None = None,
+        event_file_opener: Callable[[str], Any] | None = None,
         **options: Any,
     ) -> None:
         # -- everything is checked in the calling thread, before any hook or file exists ------
@@ -268,6 +271,7 @@ class FeatureMonitor:
             encode_threads=1,
             prefix=cfg.name,
             min_filter_tile=cfg.filter_tile,
+            opener=event_file_opener,
         )
         self._warn_shared_log_dir(writer.log_dir)
         writer.log_layer_index(capture.layers, cfg.start_step)  # the tab's layer order

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from torch_featureviz._validation import check_non_negative_int, check_positive_int
 from torch_featureviz.discovery import CONV_TYPES
 
 __all__ = [
@@ -131,12 +132,10 @@ def make_image_grid(
         raise ValueError(f"tiles must have 1 or 3 channels, got {c}.")
     if tiles.is_complex() or tiles.dtype == torch.bool:
         raise TypeError(f"tiles must be real numbers, got {tiles.dtype}.")
-    for value, name in ((padding, "padding"), (upscale, "upscale")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "upscale"):
-            raise ValueError(f"{name} must be an int >= {int(name == 'upscale')}, got {value!r}.")
-    if nrow is not None and (isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1):
-        raise ValueError(f"nrow must be a positive int or None, got {nrow!r}.")
-    if not 0 <= pad_value <= 255:
+    check_non_negative_int(padding, "padding")
+    check_positive_int(upscale, "upscale")
+    check_positive_int(nrow, "nrow", allow_none=True)
+    if not 0 <= check_non_negative_int(pad_value, "pad_value") <= 255:
         raise ValueError(f"pad_value must be in 0..255, got {pad_value}.")
 
     # _normalize returns a fresh tensor, so scaling it in place cannot touch the input.
@@ -190,8 +189,7 @@ def _rows_image(
 
 def _pad(image: torch.Tensor, padding: int, pad_value: int = 255) -> torch.Tensor:
     """``image`` ``(c, h, w)`` with a ``padding``-pixel border of ``pad_value``."""
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}.")
+    check_non_negative_int(padding, "padding")
     c, h, w = image.shape
     out = image.new_full((c, h + 2 * padding, w + 2 * padding), pad_value)
     out[:, padding : padding + h, padding : padding + w] = image
@@ -199,9 +197,7 @@ def _pad(image: torch.Tensor, padding: int, pad_value: int = 255) -> torch.Tenso
 
 
 def _check_upscale(upscale: int) -> int:
-    if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
-        raise ValueError(f"upscale must be an int >= 1, got {upscale!r}.")
-    return upscale
+    return check_positive_int(upscale, "upscale")
 
 
 def _filter_tiles(weight: torch.Tensor, channel: FilterChannel) -> torch.Tensor:
@@ -282,8 +278,7 @@ def to_output_filters(
     if not transposed:
         return weight
     in_ch = weight.shape[0]
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}.")
+    check_positive_int(groups, "groups")
     if in_ch % groups:
         raise ValueError(
             f"groups={groups} does not divide the {in_ch} input channels of this transposed "
@@ -382,9 +377,7 @@ def make_filter_grid(
             "weight must be a conv weight: (out, in, k) for 1-d, (out, in, kh, kw) for 2-d or "
             f"(out, in, kt, kh, kw) for 3-d convs, got shape {tuple(raw.shape)}."
         )
-    if max_filters is not None:
-        if isinstance(max_filters, bool) or not isinstance(max_filters, int) or max_filters < 1:
-            raise ValueError(f"max_filters must be a positive int or None, got {max_filters!r}.")
+    check_positive_int(max_filters, "max_filters", allow_none=True)
     w = to_output_filters(weight, transposed=transposed, groups=groups)
     if w.dim() == 5:
         w = w[:, :, w.shape[2] // 2]  # the middle temporal slice
@@ -515,9 +508,7 @@ def make_feature_grid(
         if not -t <= index < t:
             raise ValueError(f"frame={frame} is out of range for a map of {t} frames.")
         maps = maps[:, index]
-    if max_channels is not None:
-        if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
-            raise ValueError(f"max_channels must be a positive int or None, got {max_channels!r}.")
+    if check_positive_int(max_channels, "max_channels", allow_none=True) is not None:
         maps = maps[:max_channels]
     if maps.dim() == 3 and maps.shape[-2:] == (1, 1):
         # (C, 1, 1) maps (squeeze-excitation, ECA, ASPP pooling): one value per channel. As

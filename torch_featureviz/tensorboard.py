@@ -14,13 +14,14 @@ start it with ``tensorboard --logdir DIR --samples_per_plugin images=0`` (keep t
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -34,8 +35,8 @@ from torch_featureviz._validation import (
     check_positive_int,
     check_prefix,
     check_writable_dir,
+    conv_weights,
 )
-from torch_featureviz.discovery import find_conv_layers
 from torch_featureviz.naming import layer_tag, make_tag, unique_tags
 from torch_featureviz.render import (
     FilterChannel,
@@ -71,6 +72,10 @@ _ENCODE_THREADS = min(4, os.cpu_count() or 1)
 _FILE_NUMBERS = itertools.count()
 
 
+def _append_binary(path: str) -> Any:
+    return open(path, "ab")  # noqa: SIM115 - closed by _EventFile.close()
+
+
 class _EventFile:
     """An event file this package owns: each ``add_summary`` is one TFRecord, appended.
 
@@ -81,7 +86,7 @@ class _EventFile:
     is the file-version event.
     """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, opener: Callable[[str], Any] = _append_binary) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
 
         self._event_type = Event
@@ -91,7 +96,8 @@ class _EventFile:
         )
         self.path = log_dir / name
         self._lock = threading.Lock()
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        self._file = opener(str(self.path))
+        self._inode: int | None = os.stat(self.path).st_ino
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _write(self, event: Any) -> None:
@@ -107,6 +113,17 @@ class _EventFile:
         with self._lock:
             if not self._file.closed:
                 self._file.flush()
+                self._check_still_there()
+
+    def _check_still_there(self) -> None:
+        """The file is kept open, so writes after its directory was removed or replaced would
+        vanish silently; say so instead (raises FileNotFoundError or NotADirectoryError)."""
+        if self._inode is None:
+            return
+        if os.stat(self.path).st_ino != self._inode:
+            raise FileNotFoundError(
+                errno.ENOENT, "the event file was replaced on disk", str(self.path)
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -143,6 +160,8 @@ class TensorBoardWriter:
         prefix: put every tag under ``<prefix>/`` (two models logging into one directory).
         min_filter_tile: the smallest filter tile width, in pixels (filters are upscaled by
             an integer factor to reach it; a viewer can upscale further without blur).
+        opener: how the event file is opened, ``opener(path) -> binary file`` in append mode
+            (default ``open(path, "ab")``); the seam for tests that make the disk fail.
 
     Example::
 
@@ -169,6 +188,7 @@ class TensorBoardWriter:
         encode_threads: int | None = None,
         prefix: str | None = None,
         min_filter_tile: int = 32,
+        opener: Callable[[str], Any] | None = None,
     ) -> None:
         if isinstance(png_level, bool) or not isinstance(png_level, int):
             raise TypeError(f"png_level must be an int in 0..9, got {type(png_level).__name__}.")
@@ -192,7 +212,7 @@ class TensorBoardWriter:
                 raise ValueError("log_dir must not be empty; pass a directory such as 'runs/exp1'.")
             check_writable_dir(path)
             self._log_dir = str(path)
-            self._events = _EventFile(path)
+            self._events = _EventFile(path, opener or _append_binary)
         elif hasattr(log_dir, "_get_file_writer") and hasattr(log_dir, "add_scalar"):
             self.writer = log_dir
             self._log_dir = str(log_dir.get_logdir())
@@ -347,15 +367,7 @@ class TensorBoardWriter:
         Returns:
             The tags written.
         """
-        if isinstance(model_or_layers, nn.Module):
-            weights: Mapping[str, Any] = find_conv_layers(model_or_layers, include=layers)
-        elif isinstance(model_or_layers, Mapping):
-            weights = model_or_layers
-        else:
-            raise TypeError(
-                "log_filters takes a model or a {name: conv} mapping, got "
-                f"{type(model_or_layers).__name__}."
-            )
+        weights: Mapping[str, Any] = conv_weights(model_or_layers, layers)
         grids = {
             name: make_filter_grid(
                 w,
