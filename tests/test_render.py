@@ -177,15 +177,15 @@ def test_render_errors():
         make_filter_grid(torch.randn(2, 4, 3, 3), channel="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="normalize must be 'tile' or 'grid'"):
         make_feature_grid(torch.randn(2, 3, 3), normalize="global")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="max_filters must be a positive int"):
+    with pytest.raises(ValueError, match="max_filters must be >= 1"):
         make_filter_grid(torch.randn(2, 3, 3, 3), max_filters=0)
     with pytest.raises(ValueError, match="cannot make a grid of empty tiles"):
         make_feature_grid(torch.randn(0, 3, 3))
     with pytest.raises(ValueError, match="tiles must have 1 or 3 channels"):
         make_image_grid(torch.randn(2, 2, 3, 3))
-    with pytest.raises(ValueError, match="nrow must be a positive int"):
+    with pytest.raises(ValueError, match="nrow must be >= 1"):
         make_image_grid(torch.randn(2, 1, 3, 3), nrow=0)
-    with pytest.raises(ValueError, match="upscale must be an int >= 1"):
+    with pytest.raises(ValueError, match="upscale must be >= 1"):
         make_image_grid(torch.randn(2, 1, 3, 3), upscale=0)
     with pytest.raises(ValueError, match="image must be"):
         to_display_image(torch.randn(5, 4, 4))
@@ -259,7 +259,7 @@ def test_1d_maps_options():
         make_feature_grid(torch.zeros(3, 0))
     with pytest.raises(TypeError, match="tiles must be real numbers"):
         make_feature_grid(torch.zeros(3, 4, dtype=torch.complex64))
-    with pytest.raises(ValueError, match="upscale must be an int >= 1"):
+    with pytest.raises(ValueError, match="upscale must be >= 1"):
         make_feature_grid(maps, upscale=0)
     with pytest.raises(ValueError, match="normalize must be 'tile' or 'grid'"):
         make_feature_grid(maps, normalize="row")  # type: ignore[arg-type]
@@ -373,7 +373,7 @@ def test_filter_grid_errors_for_new_types():
         make_filter_grid(nn.LazyConv2d(3, 3))
     with pytest.raises(ValueError, match="groups=3 does not divide the 4 input channels"):
         make_filter_grid(torch.randn(4, 2, 3, 3), transposed=True, groups=3)
-    with pytest.raises(ValueError, match="groups must be a positive int"):
+    with pytest.raises(ValueError, match="groups must be >= 1"):
         make_filter_grid(torch.randn(4, 2, 3, 3), transposed=True, groups=0)
     with pytest.raises(TypeError, match="transposed must be a bool"):
         make_filter_grid(torch.randn(4, 2, 3, 3), transposed=1)  # type: ignore[arg-type]
