@@ -250,10 +250,16 @@ class _HookCapture:
     """
 
     def __init__(
-        self, model: nn.Module, x: torch.Tensor, max_channels: int | None, *, fresh: bool = False
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        max_channels: int | None,
+        *,
+        fresh: bool = False,
+        reuse: bool = False,
     ) -> None:
         self.model, self.x, self.max_channels, self.fresh = model, x, max_channels, fresh
-        self.cap = fv.FeatureCapture(model, max_channels=max_channels)
+        self.cap = fv.FeatureCapture(model, max_channels=max_channels, reuse_buffers=reuse)
 
     def setup(self) -> None:
         if self.fresh:
@@ -314,6 +320,7 @@ def build_variants(
     convs = fv.find_conv_layers(model)
     hook64 = _HookCapture(model, x, MAX_CHANNELS)
     hook_fresh = _HookCapture(model, x, MAX_CHANNELS, fresh=True)
+    hook_reuse = _HookCapture(model, x, MAX_CHANNELS, reuse=True)
     hook_all = _HookCapture(model, x, None)
     naive = _NaiveHooks(model, x, convs, to_cpu=True)
     naive_clone = _NaiveHooks(model, x, convs, to_cpu=False)
@@ -321,6 +328,7 @@ def build_variants(
         Variant("bare", lambda: model(x)),
         Variant("hook", hook64.run, hook64.setup, hook64.teardown),
         Variant("hook_fresh", hook_fresh.run, hook_fresh.setup, hook_fresh.teardown),
+        Variant("hook_reuse", hook_reuse.run, hook_reuse.setup, hook_reuse.teardown),
         Variant("hook_all", hook_all.run, hook_all.setup, hook_all.teardown),
         Variant("naive_clone", naive_clone.run, naive_clone.setup, naive_clone.teardown),
         Variant("chain", lambda: fv.chain_feature_maps(model, x, max_channels=MAX_CHANNELS)),
@@ -359,6 +367,7 @@ VARIANT_LABELS = {
     "bare": "bare forward",
     "hook": f"hook, {MAX_CHANNELS} ch (one capture reused)",
     "hook_fresh": f"hook, {MAX_CHANNELS} ch (new capture per call)",
+    "hook_reuse": f"hook, {MAX_CHANNELS} ch (reuse_buffers=True)",
     "hook_all": "hook, all ch",
     "naive_clone": "naive .clone() hooks",
     "chain": "chain",
@@ -725,6 +734,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             _target(f"hook capture, one capture reused / bare, {where}",
                     hook["ratio_to_bare"], "<=", limit)
         )
+        if "hook_reuse" in v:
+            out.append(
+                _target(f"hook capture, reuse_buffers=True / bare, {where}",
+                        v["hook_reuse"]["ratio_to_bare"], "<=", limit)
+            )
         if "naive_clone" in v:
             out.append(
                 _target(

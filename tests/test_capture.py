@@ -385,3 +385,31 @@ def test_maps_of_earlier_passes_are_never_overwritten():
         assert torch.equal(held_view, view_copy)
         assert (held_array == array_copy).all()
         assert all(torch.equal(cap.maps[k], refs[-1][k][0]) for k in cap.maps)
+
+
+def test_reuse_buffers_contract():
+    """Opt-in reuse: each pass copies into the tensors of the pass before the last one. The
+    latest maps are always right and stay valid until the next pass; older ones are reused."""
+    model = tiny_net().eval()
+    xs = [torch.randn(1, 3, 8, 8) for _ in range(6)]
+    refs = [reference_maps(model, x) for x in xs]
+    modes = [torch.no_grad, torch.inference_mode, torch.enable_grad] * 2
+    with FeatureCapture(model, reuse_buffers=True) as cap:
+        kept = []
+        for x, ref, mode in zip(xs, refs, modes, strict=True):
+            with mode():
+                model(x)  # inference_mode passes in between never raise
+            maps = cap.maps
+            kept.append(maps)
+            for k, m in maps.items():
+                torch.testing.assert_close(m, ref[k][0], rtol=0, atol=0)
+                assert not m.is_inference() and not m.requires_grad
+        # pass 0's tensors were reused by pass 2 (the documented contract): same storage
+        assert kept[2]["stem.0"].data_ptr() == kept[0]["stem.0"].data_ptr()
+        assert kept[1]["stem.0"].data_ptr() != kept[2]["stem.0"].data_ptr()
+    with FeatureCapture(model) as cap:  # the default never reuses
+        model(xs[0])
+        first = cap.maps["stem.0"]
+        model(xs[1])
+        model(xs[2])
+        torch.testing.assert_close(first, refs[0]["stem.0"][0], rtol=0, atol=0)
