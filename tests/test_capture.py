@@ -413,3 +413,30 @@ def test_reuse_buffers_contract():
         model(xs[1])
         model(xs[2])
         torch.testing.assert_close(first, refs[0]["stem.0"][0], rtol=0, atol=0)
+
+
+def test_max_calls_keeps_the_first_calls_of_a_head_run_per_level():
+    """A detection head runs once per FPN level: max_calls=1 keeps one map per conv."""
+    torch.manual_seed(0)
+    head = nn.Conv2d(4, 4, 3, padding=1)
+
+    class FPNHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            return [self.head(nn.functional.avg_pool2d(x, 2**k)) for k in range(4)]
+
+    model = FPNHead()
+    x = torch.randn(1, 4, 16, 16)
+    with FeatureCapture(model) as every, torch.no_grad():
+        model(x)
+    assert list(every.maps) == ["head", "head#1", "head#2", "head#3"]  # the default: every call
+    with FeatureCapture(model, max_calls=1) as first, torch.no_grad():
+        model(x)
+    assert list(first.maps) == ["head"]
+    torch.testing.assert_close(first.maps["head"], every.maps["head"])
+    with FeatureCapture(model, max_calls=2) as two, torch.no_grad():
+        model(x)
+    assert list(two.maps) == ["head", "head#1"]
