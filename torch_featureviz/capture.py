@@ -158,8 +158,6 @@ class PassRecord:
     skipped: dict[str, str] = field(default_factory=dict)
     #: For an implicit pass, the layer whose call opened it.
     opener: str | None = None
-    #: ``{key: shape}`` of kept maps before pooling (only with a ``pixel_cap``).
-    native: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: ``{key: (C,) mean of each channel of the kept sample}``, every channel (only when the
     #: capture's ``track_channel_means`` is on).
     channel_means: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -539,7 +537,6 @@ class FeatureCapture:
             out = out[: self.max_channels]
         factor = 1
         if self.pixel_cap is not None:
-            record.native[key] = tuple(out.shape)
             factor = pool_factor(tuple(out.shape), self.pixel_cap(key, tuple(out.shape)))
         # Always a copy: the conv output may be overwritten in place after the hook returns.
         # Outside inference mode, so the copy is an ordinary tensor users can do anything with.

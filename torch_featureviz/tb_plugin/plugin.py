@@ -117,6 +117,17 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
     def _where(request: Any) -> tuple[Any, str]:
         return plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
 
+
+    def _run_listings(self, ctx: Any, eid: str, run: str) -> tuple[Any, Any]:
+        """The image and scalar listings of one run, through the data provider."""
+        run_filter = provider.RunTagFilter(runs=[run])
+        images = self._provider.list_blob_sequences(
+            ctx, experiment_id=eid, plugin_name="images", run_tag_filter=run_filter
+        )
+        scalars = self._provider.list_scalars(
+            ctx, experiment_id=eid, plugin_name="scalars", run_tag_filter=run_filter
+        )
+        return images, scalars
     def _orders(self, ctx: Any, eid: str) -> dict[str, dict[str, list[str]]]:
         """``{run: {prefix: [layer tags]}}`` from the layer-order summaries."""
         listing = self._provider.list_tensors(ctx, experiment_id=eid, plugin_name=PLUGIN_NAME)
@@ -195,14 +206,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         run, prefix, name = _arg(request, "run"), _arg(request, "prefix", required=False), _arg(
             request, "layer"
         )
-        images = self._provider.list_blob_sequences(
-            ctx, experiment_id=eid, plugin_name="images",
-            run_tag_filter=provider.RunTagFilter(runs=[run]),
-        )
-        scalars = self._provider.list_scalars(
-            ctx, experiment_id=eid, plugin_name="scalars",
-            run_tag_filter=provider.RunTagFilter(runs=[run]),
-        )
+        images, scalars = self._run_listings(ctx, eid, run)
         entry = None
         for m in build_index(images.get(run, {}), scalars.get(run, {})):
             if m["prefix"] == prefix:
@@ -299,14 +303,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
     def _serve_deadmap(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         run, prefix = _arg(request, "run"), _arg(request, "prefix", required=False)
-        images = self._provider.list_blob_sequences(
-            ctx, experiment_id=eid, plugin_name="images",
-            run_tag_filter=provider.RunTagFilter(runs=[run]),
-        )
-        scalars = self._provider.list_scalars(
-            ctx, experiment_id=eid, plugin_name="scalars",
-            run_tag_filter=provider.RunTagFilter(runs=[run]),
-        )
+        images, scalars = self._run_listings(ctx, eid, run)
         orders = self._orders(ctx, eid).get(run)
         model = next((m for m in build_index(images.get(run, {}), scalars.get(run, {}), orders)
                       if m["prefix"] == prefix), None)
