@@ -783,6 +783,161 @@ LABELS = {
 }
 
 
+# -- sharded training: the cost of a sampled step under FSDP -------------------------------------
+FSDP_VARIANTS = (("fsdp2", True), ("fsdp2", False), ("fsdp1", True), ("fsdp1", False))
+
+
+def _variant_name(kind: str, probe: bool) -> str:
+    return f"{kind}{'' if probe else ' no probe'}"
+
+
+def _shard_demo(model: nn.Module, kind: str) -> nn.Module:
+    """The demo model sharded per stage (stem, layer1..3) and at the root."""
+    units = [model.stem, model.layer1, model.layer2, model.layer3]
+    if kind == "fsdp2":
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # torch < 2.6
+            from torch.distributed._composable.fsdp import fully_shard
+        for unit in units:
+            fully_shard(unit)
+        fully_shard(model)
+        return model
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    return FullyShardedDataParallel(
+        model, device_id=torch.device("cpu"), auto_wrap_policy=ModuleWrapPolicy({nn.Sequential})
+    )
+
+
+def _fsdp_worker(
+    rank: int, world: int, port: int, kind: str, probe: bool, steps: int, every: int, batch: int,
+    out: str,
+) -> None:
+    import torch.distributed as dist
+
+    from torch_featureviz import FeatureMonitor
+    from torch_featureviz.demo import build_demo_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        timeout=__import__("datetime").timedelta(seconds=120),
+    )
+    model = _shard_demo(build_demo_model(8, seed=0).train(), kind)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(rank)
+    pool = [(torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 8, (batch,), generator=g))
+            for _ in range(8)]
+    with tempfile.TemporaryDirectory() as log_dir:
+        # A queue as long as the run: the writer never makes a step wait (it runs beside
+        # training, as in real use), and nothing is dropped.
+        monitor = FeatureMonitor(
+            model, log_dir, every=every, probe=Workload().probe() if probe else None,
+            queue_size=steps,
+        )
+        rows = []
+        for i in range(steps):
+            x, y = pool[i % len(pool)]
+            dist.barrier()  # each step starts together: its time is this rank's own work
+            t0 = time.perf_counter()
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            t1 = time.perf_counter()
+            sampled = monitor.step()
+            t2 = time.perf_counter()
+            rows.append((i, sampled, (t2 - t0) * 1e3, (t2 - t1) * 1e3))
+        monitor.close()
+        dropped = monitor.dropped
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, {"rows": rows, "dropped": dropped})
+    if rank == 0:
+        Path(out).write_text(json.dumps(everyone))
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # gloo's static destructors can abort at exit once all is done
+
+
+def run_fsdp(*, steps: int, every: int, batch: int, timeout: float = 900) -> dict[str, Any]:
+    """2 gloo ranks on CPU, the demo model sharded, a monitor capturing every ``every`` steps
+    (probe pass and filter gathers included): a sampled step's extra time over an unsampled one.
+
+    Each step starts at a barrier, so its time is one rank's own work plus the collectives it
+    waits in. The first capture period is warm-up and not counted.
+    """
+    import torch.multiprocessing as mp
+
+    from torch_featureviz.sharding import sharding_of  # noqa: F401  (fails early if missing)
+
+    result: dict[str, Any] = {"steps": steps, "every": every, "batch": batch, "world": 2}
+    for kind, probe in FSDP_VARIANTS:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "rows.json")
+            import socket
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            ctx = mp.spawn(
+                _fsdp_worker, args=(2, port, kind, probe, steps, every, batch, out), nprocs=2,
+                join=False,
+            )
+            deadline = time.monotonic() + timeout
+            while not ctx.join(timeout=2.0):
+                if time.monotonic() > deadline:
+                    for proc in ctx.processes:
+                        proc.kill()
+                    raise RuntimeError(f"the {kind} run did not finish in {timeout:g} s")
+            ranks = json.loads(Path(out).read_text())
+        per_rank = []
+        for r, data in enumerate(ranks):
+            rows = [row for row in data["rows"] if row[0] >= every]  # warm-up period dropped
+            sampled = [row[2] for row in rows if row[1]]
+            unsampled = [row[2] for row in rows if not row[1]]
+            in_step = [row[3] for row in rows if row[1]]
+            per_rank.append({
+                "rank": r,
+                "unsampled_step_ms": round(statistics.median(unsampled), 3),
+                "sampled_step_ms": round(statistics.median(sampled), 3),
+                "monitor_step_on_sampled_ms": round(statistics.median(in_step), 3),
+                "sampled_steps": len(sampled),
+                "dropped": data["dropped"],
+            })
+        slow = max(per_rank, key=lambda d: d["sampled_step_ms"])
+        base = max(d["unsampled_step_ms"] for d in per_rank)
+        result[_variant_name(kind, probe)] = {
+            "ranks": per_rank,
+            "unsampled_step_ms": base,
+            "sampled_step_ms": slow["sampled_step_ms"],
+            "extra_ms": round(slow["sampled_step_ms"] - base, 3),
+            "sampled_over_unsampled": round(slow["sampled_step_ms"] / base, 3),
+        }
+    return result
+
+
+def format_fsdp(result: dict[str, Any]) -> str:
+    lines = [
+        f"FSDP on CPU, {result['world']} gloo ranks (1 thread each), the demo model at batch "
+        f"{result['batch']}, a capture every {result['every']} steps (filter gathers, and the "
+        "probe pass where named):",
+        f"{'':<16}{'unsampled step':>16}{'sampled step':>14}{'extra':>10}{'ratio':>8}"
+        f"{'monitor.step() r0 / r1':>26}",
+    ]
+    for kind, probe in FSDP_VARIANTS:
+        name = _variant_name(kind, probe)
+        r = result[name]
+        inside = " / ".join(f"{d['monitor_step_on_sampled_ms']:.1f}" for d in r["ranks"])
+        lines.append(
+            f"{name:<16}{r['unsampled_step_ms']:>13.1f} ms{r['sampled_step_ms']:>11.1f} ms"
+            f"{r['extra_ms']:>7.1f} ms{r['sampled_over_unsampled']:>7.2f}x{inside + ' ms':>26}"
+        )
+    return "\n".join(lines)
+
+
 def _met(key: str, value: float) -> bool:
     op, target = TARGETS[key]
     return value >= target if op == ">=" else value <= target
@@ -880,6 +1035,11 @@ def build_parser() -> argparse.ArgumentParser:
         "overlap: the writer runs beside training, as in real use",
     )
     parser.add_argument("--no-soak", action="store_true", help="skip the leak soak")
+    parser.add_argument(
+        "--fsdp", action="store_true",
+        help="only the sharded-training run: 2 gloo ranks, FSDP2 and FSDP1, sampled against "
+        "unsampled steps (writes monitor_fsdp_cpu.json)",
+    )
     return parser
 
 
@@ -899,6 +1059,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_monitor: error: {e}", file=sys.stderr)
         return 2
     skipped.update(NOT_MEASURED)
+    if args.fsdp:
+        fsdp_out = args.out or RESULTS.with_name("monitor_fsdp_cpu.json")
+        fsdp = run_fsdp(
+            steps=30 if args.quick else 200, every=10 if args.quick else 20,
+            batch=args.batch or (16 if args.quick else 64),
+        )
+        fsdp["machine"] = machine_info("cpu")
+        fsdp_out.parent.mkdir(parents=True, exist_ok=True)
+        fsdp_out.write_text(json.dumps(fsdp, indent=2) + "\n")
+        print(format_fsdp(fsdp))
+        print(f"wrote {fsdp_out}")
+        return 0
     rounds = args.rounds or (2 if args.quick else 8)
     samples = args.capture_samples or (6 if args.quick else 40)
     charge = args.writer == "charged"

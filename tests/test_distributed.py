@@ -4,51 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.dist_helpers import finish_gloo, init_gloo, run_ranks
 from tests.helpers import tiny_net
 
 COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "barrier", "reduce", "gather", "scatter",
                "all_gather_object", "broadcast_object_list", "all_to_all", "reduce_scatter")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, world: int, port: int, root: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        for rank_zero_only in (True, False):
-            log_dir = os.path.join(root, f"rank_zero_only={rank_zero_only}")
-            _train(rank, world, log_dir, rank_zero_only)
-        # Both ranks finish their work before either tears gloo down: destroying the group
-        # while the peer is still using its connection can abort the peer at exit
-        # ("terminate called without an active exception").
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    # Leave without running C++ static destructors: gloo's can abort a process at exit
-    # ("terminate called without an active exception", about one run in ten here) after all
-    # the work is done and checked. Everything this worker wrote is closed and on disk.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    init_gloo(rank, world, port)
+    for rank_zero_only in (True, False):
+        log_dir = os.path.join(root, f"rank_zero_only={rank_zero_only}")
+        _train(rank, world, log_dir, rank_zero_only)
+    finish_gloo()
 
 
 def _train(rank: int, world: int, log_dir: str, rank_zero_only: bool) -> None:
@@ -104,7 +79,7 @@ def _train(rank: int, world: int, log_dir: str, rank_zero_only: bool) -> None:
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 2-process gloo run (both settings of rank_zero_only), shared by the tests below."""
     root = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, free_port(), str(root)), nprocs=2, join=True)
+    run_ranks(_worker, str(root))
     return root
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -160,14 +161,16 @@ def test_missing_lightning_names_the_extra() -> None:
 
 
 def test_other_ranks_do_nothing(tmp_path: Path) -> None:
+    module = Module()
+
     class NotRankZero:  # the parts of a Trainer the callback reads
         is_global_zero = False
         global_step = 0
         loggers: list = []
         default_root_dir = str(tmp_path)
+        strategy = types.SimpleNamespace(model=module)  # a DDP-like, unsharded model
 
     callback = FeatureMonitorCallback(every=1)
-    module = Module()
     callback.on_fit_start(NotRankZero(), module)  # type: ignore[arg-type]
     callback.on_train_batch_start(NotRankZero(), module, None, 0)  # type: ignore[arg-type]
     module(torch.randn(2, 3, 16, 16))

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch.nn import functional as nnf
 
+from torch_featureviz.sharding import weight_shape
+
 __all__ = [
     "MapBudget",
     "grid_side_cap",
@@ -128,15 +130,14 @@ class MapBudget:
 
 def filter_pixels(module: torch.nn.Module, max_filters: int | None, min_tile: int) -> int:
     """About how many pixels the filter grid of a conv has (see ``render.make_filter_grid``)."""
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() < 3:
+    shape = weight_shape(module)  # never reads a sharded weight
+    if shape is None or len(shape) < 3:
         return 0
-    out = weight.shape[1] * getattr(module, "groups", 1) if getattr(
-        module, "transposed", False
-    ) else weight.shape[0]
-    inputs = weight.shape[0] if getattr(module, "transposed", False) else weight.shape[1]
+    transposed = getattr(module, "transposed", False)
+    out = shape[1] * getattr(module, "groups", 1) if transposed else shape[0]
+    inputs = shape[0] if transposed else shape[1]
     n = out if max_filters is None else min(out, max_filters)
-    kernel = tuple(weight.shape[2:])[-2:]
+    kernel = tuple(shape[2:])[-2:]
     if len(kernel) == 1 or kernel == (1, 1):  # a heat map of (out, k) or (out, in) cells
         cols = kernel[0] if kernel != (1, 1) and len(kernel) == 1 and kernel[0] > 1 else (
             inputs if max_filters is None else min(inputs, max_filters)

@@ -547,19 +547,28 @@ class FeatureCapture:
         return _copy(out, factor, None if _compiling() else spare)
 
     # -- probe passes ------------------------------------------------------------------------------
-    def probe(self, inputs: ModelInput) -> dict[str, torch.Tensor]:
+    def probe(self, inputs: ModelInput, *, record: bool = True) -> dict[str, torch.Tensor]:
         """Run one probe pass of ``inputs`` and return its maps, leaving the model unchanged.
 
-        The pass runs under ``torch.no_grad()`` in eval mode, with this capture recording
-        whatever its ``enabled`` flag and ``passes`` rule say; train flags and RNG state are
+        The pass runs under ``torch.no_grad()`` in eval mode; train flags and RNG state are
         restored afterwards, so BatchNorm statistics are bit-for-bit as before. ``inputs`` (a
         tensor, a tuple of positional inputs, or a dict of keyword inputs) is moved to the
         model's current device and floating dtype first.
+
+        Args:
+            inputs: the probe input.
+            record: ``False`` runs the same pass without recording anything and returns
+                ``{}``: how a rank that does not write takes part in a sharded model's probe
+                pass (its forward all-gathers, so every rank must run it).
 
         Raises:
             RuntimeError: the model's forward failed on ``inputs`` (the error is chained).
         """
         args, kwargs = forward_args(match_model(inputs, self.root))
+        if not record:
+            with preserved_state(self.root), torch.no_grad():
+                self._forward(inputs, args, kwargs)
+            return {}
         attached = self.attached
         if not attached:
             self.attach()
@@ -568,13 +577,7 @@ class FeatureCapture:
             self.end_pass()
             with preserved_state(self.root), torch.no_grad():
                 self.enabled = self._probing = True
-                try:
-                    self.root(*args, **kwargs)
-                except Exception as e:
-                    raise RuntimeError(
-                        f"the forward pass of {type(self.root).__name__} failed on an input of "
-                        f"{_describe_input(inputs)}: {e}{_input_hint(e)}"
-                    ) from e
+                self._forward(inputs, args, kwargs)
         finally:
             self.enabled = self._probing = False
             self.end_pass()  # a failed or interrupted probe leaves nothing open
@@ -582,6 +585,15 @@ class FeatureCapture:
             if not attached:
                 self.remove()
         return self.maps
+
+    def _forward(self, inputs: ModelInput, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self.root(*args, **kwargs)
+        except Exception as e:
+            raise RuntimeError(
+                f"the forward pass of {type(self.root).__name__} failed on an input of "
+                f"{_describe_input(inputs)}: {e}{_input_hint(e)}"
+            ) from e
 
 
 def _copy(out: torch.Tensor, factor: int, spare: torch.Tensor | None = None) -> torch.Tensor:

@@ -68,6 +68,10 @@ class MonitorConfig:
         close_timeout: seconds :meth:`~torch_featureviz.FeatureMonitor.close` waits.
         rank_zero_only: under ``torch.distributed``, only rank 0 captures and writes. With
             ``False`` every rank writes into ``<log_dir>/rank<r>``.
+        gather_filters: under sharded training (FSDP2's ``fully_shard``, FSDP1), gather the
+            watched convs' whole weights on sampled steps, every rank taking part in
+            ``step()``, to log their filter grids; ``False`` skips filter grids (and weight
+            histograms) there, with one warning. Ignored when the model is not sharded.
         start_step: the global step of the first ``step()`` call.
         cmap: a matplotlib colormap for feature maps (``None``: grayscale).
         log_budget: about how many bytes the images of one capture may take (filters, and the
@@ -106,6 +110,7 @@ class MonitorConfig:
     block_timeout: float = 60.0
     close_timeout: float = 30.0
     rank_zero_only: bool = True
+    gather_filters: bool = True
     start_step: int = 0
     cmap: str | None = None
     log_budget: int | None = 500_000
@@ -133,8 +138,10 @@ class MonitorConfig:
             "log_filters",
             "log_hook_maps",
             "log_stats",
+            "stats_after_activation",
             "histograms",
             "rank_zero_only",
+            "gather_filters",
             "handle_sigterm",
         ):
             check_bool(getattr(self, flag), flag)

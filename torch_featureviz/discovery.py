@@ -20,6 +20,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from torch_featureviz._validation import check_module, select_names
+from torch_featureviz.naming import strip_wrappers
 
 __all__ = ["CONV_TYPES", "Extractor", "find_conv_layers", "find_linear_layers", "unwrap_model"]
 
@@ -161,7 +162,7 @@ def _find(
     what: str,
 ) -> dict[str, nn.Module]:
     model = unwrap_model(check_module(model))
-    found = {name: m for name, m in model.named_modules() if isinstance(m, kind)}
+    found = {strip_wrappers(n): m for n, m in model.named_modules() if isinstance(m, kind)}
     if not found:
         if what == "conv layer":
             raise ValueError(_no_conv_message(model, kind))
@@ -192,7 +193,8 @@ def find_conv_layers(
 
     Args:
         model: any ``nn.Module``; DataParallel, DDP and ``torch.compile`` wrappers are looked
-            through, so names never carry a ``module.`` prefix.
+            through, so names never carry a ``module.`` prefix, and FSDP1's and
+            ``checkpoint_wrapper``'s segments (``_fsdp_wrapped_module.``) are left out.
         include: qualified names or ``fnmatch`` globs (``"layer1.*"``) to keep. Each entry must
             match at least one conv.
         exclude: globs to drop after ``include`` is applied.

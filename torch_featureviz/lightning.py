@@ -3,7 +3,10 @@
 Lightning is an optional extra (``pip install torch-featureviz[lightning]``); importing
 ``torch_featureviz`` never imports it. The callback logs through the trainer's TensorBoard
 logger (its ``SummaryWriter``) when there is one, else into ``<default_root_dir>/featureviz``,
-and only on global rank zero (other ranks do no work at all). The global step is the trainer's.
+and only on global rank zero. Under DDP the other ranks do no work at all; under sharded
+training (``FSDPStrategy``, or ``fully_shard`` in ``configure_model``) every rank has a monitor
+that takes part in the probe passes and filter gathers of sampled steps, and only global rank
+zero writes. The global step is the trainer's.
 
 Example::
 
@@ -36,9 +39,12 @@ except ImportError:  # pragma: no cover - exercised only without `lightning`
             "Install the extra: pip install torch-featureviz[lightning]"
         ) from e
 
+from torch import nn
+
 from torch_featureviz._validation import ModelInput, check_model_input
 from torch_featureviz.config import MonitorConfig
 from torch_featureviz.monitor import FeatureMonitor
+from torch_featureviz.sharding import sharding_of
 
 __all__ = ["FeatureMonitorCallback"]
 
@@ -113,15 +119,25 @@ class FeatureMonitorCallback(Callback):
         return Path(trainer.default_root_dir) / "featureviz"
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or self.monitor is not None:
+        if self.monitor is not None:
             return
+        # FSDPStrategy wraps the module (FSDP(pl_module)); that wrapper is what runs a forward.
+        trained = trainer.strategy.model
+        if not isinstance(trained, nn.Module) or sharding_of(trained) is None:
+            trained = None  # not sharded
+            if not trainer.is_global_zero:
+                return
+        sharded = trained is not None
         self.monitor = FeatureMonitor(
-            pl_module,
+            pl_module if trained is None else trained,
             self._target(trainer),
             every=self.every,
             probe=self.probe,
             layers=self.layers,
-            rank_zero_only=False,  # Lightning decides the rank: this is global rank zero
+            # Not sharded: this is global rank zero, the only one with a monitor. Sharded:
+            # every rank has one and takes part in probe passes and filter gathers; the
+            # monitor's rank (torch.distributed's) is the trainer's global rank.
+            rank_zero_only=sharded,
             start_step=trainer.global_step,
             **self.monitor_kwargs,
         )

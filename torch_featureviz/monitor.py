@@ -106,6 +106,7 @@ from torch_featureviz.discovery import unwrap_model
 from torch_featureviz.naming import layer_tag, make_tag
 from torch_featureviz.render import to_output_filters
 from torch_featureviz.schedule import CaptureSchedule
+from torch_featureviz.sharding import gather_weights, sharding_of
 from torch_featureviz.sink import (
     SUMMARY_NAMES,
     CaptureItem,
@@ -251,9 +252,17 @@ class FeatureMonitor:
             types=cfg.types,
             observers=[self.stats] if cfg.log_stats else [],
         )  # a model without convs fails here, with its own message
+        #: How the model is sharded (``"dtensor"``: FSDP2's ``fully_shard``; ``"fsdp1"``), or
+        #: ``None``. Under sharding every rank takes part in probe passes and filter gathers.
+        self.sharding = sharding_of(self.root)
+        self._shared = capture  # what the collective part of a sampled step runs on
+        if self.sharding is not None:
+            self._check_sharded(capture, probe)
         #: The watched conv layers' qualified names (empty on ranks that do not capture).
         self.layers: list[str] = list(capture.layers) if self.active else []
         if not self.active:
+            if self.sharding is not None and probe is not None:
+                self.probe = self._check_probe(probe, capture, record=False)
             return
         if probe is not None:
             self.probe = self._check_probe(probe, capture)
@@ -314,7 +323,58 @@ class FeatureMonitor:
         self._arm(self._next_step)
 
     # -- construction helpers --------------------------------------------------------------------
-    def _check_probe(self, probe: Any, capture: FeatureCapture) -> ModelInput:
+    def _check_sharded(self, capture: FeatureCapture, probe: ModelInput | None) -> None:
+        """Under sharding: the same options on every rank, and none that cannot work; raised
+        on every rank alike (each sees every rank's options), before any collective is run."""
+        cfg = self.config
+        mine = {
+            "every": cfg.every,
+            "every_seconds": cfg.every_seconds,
+            "start_step": cfg.start_step,
+            "layers": tuple(capture.layers),
+            "probe": None if probe is None else _describe_input(probe),
+            "filters": self._reads_weights,
+        }
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        everyone: list[Any] = [None] * world
+        if world > 1:
+            torch.distributed.all_gather_object(everyone, mine)
+        else:
+            everyone = [mine]
+        for rank, theirs in enumerate(everyone):
+            for key, value in mine.items():
+                if theirs[key] != value:
+                    raise ValueError(
+                        f"FeatureMonitor on a sharded model needs the same options on every "
+                        f"rank, but {key} differs: {value!r} on rank {self.rank}, "
+                        f"{theirs[key]!r} on rank {rank}. Create the monitor on every rank with "
+                        "the same model, options and probe shape: probe passes and filter "
+                        "gathers run on all ranks together."
+                    )
+        if cfg.every_seconds is not None:
+            raise ValueError(
+                "every_seconds cannot be used with a sharded model (FSDP): each rank's clock "
+                "would pick different steps, and probe passes and filter gathers need every "
+                "rank at the same step. Use every=N."
+            )
+        if cfg.log_filters and not cfg.gather_filters and self.active:
+            warnings.warn(
+                "gather_filters=False: filter grids (and weight histograms) are not logged for "
+                "this sharded model; feature maps and statistics still are.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def _reads_weights(self) -> bool:
+        """Whether sampled steps read the watched convs' weights (gathered under sharding)."""
+        cfg = self.config
+        wanted = cfg.log_filters or cfg.histograms
+        return wanted and (self.sharding is None or cfg.gather_filters)
+
+    def _check_probe(
+        self, probe: Any, capture: FeatureCapture, *, record: bool = True
+    ) -> ModelInput:
         x = check_model_input(
             probe,
             sample=capture.sample,
@@ -326,7 +386,7 @@ class FeatureMonitor:
         # A trial pass, so a probe that does not fit (wrong size for a linear head, ...) fails
         # here, in the calling thread, rather than at the first sampled step.
         try:
-            capture.probe(x)
+            capture.probe(x, record=record)
         except RuntimeError as e:
             cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
             raise ValueError(
@@ -340,7 +400,7 @@ class FeatureMonitor:
         cfg = self.config
         budget = cfg.log_budget
         if budget is not None:
-            if cfg.log_filters:
+            if cfg.log_filters and self._reads_weights:
                 budget -= sum(
                     filter_pixels(m, cfg.max_filters, cfg.filter_tile)
                     for m in capture.layers.values()
@@ -441,7 +501,8 @@ class FeatureMonitor:
                 :meth:`prepare` before that step's forward to get them).
 
         Returns:
-            Whether this step was captured (queued or dropped).
+            Whether this step was captured (queued or dropped); on a rank of a sharded model
+            that does not write, whether it took part in a sampled step.
 
         Raises:
             RuntimeError: the background writer failed since the last call (the original
@@ -452,12 +513,21 @@ class FeatureMonitor:
         self._raise_background_error()
         current = self._next_step if global_step is None else global_step
         self._next_step = current + 1
-        cap = self._capture
-        if cap is None or self.closed or self._failed():
+        if self.closed:
             return False
+        cap = self._capture
+        if cap is None or self._failed():
+            if cap is not None:
+                cap.enabled = False  # a failed writer: the hooks stay off
+            if self.sharding is None or not self.schedule.due(current):
+                return False
+            self._shared_work(keep=False)  # take part in the collectives, keep nothing
+            return cap is None
         try:
             armed = cap.enabled
-            if not armed and not self.schedule.due(current):
+            # Under sharding the step number alone decides, the same on every rank.
+            due = self.schedule.due(current)
+            if not due and (self.sharding is not None or not armed):
                 return False
             cap.enabled = False
             if os.getpid() != self._pid:  # a forked child: the writer thread is the parent's
@@ -492,8 +562,9 @@ class FeatureMonitor:
             published = self.stats.published
             if cfg.log_stats and published is not None and published[0] == last.index:
                 item.stats = dict(published[1])
+        item.filters, probe_maps = self._shared_work(keep=True)
         if self.probe is not None:
-            item.probe_maps = dict(cap.probe(self.probe))
+            item.probe_maps = probe_maps
             if not self._probe_logged:
                 self._probe_logged = True
                 first = self.probe if isinstance(self.probe, torch.Tensor) else None
@@ -503,14 +574,31 @@ class FeatureMonitor:
                     if side is not None and image.dim() == 3 and max(image.shape[1:]) > side:
                         image = pool_map(image, math.ceil(max(image.shape[1:]) / side))
                     item.probe_image = image
-        if cfg.log_filters or cfg.histograms:
-            for name, conv in cap.layers.items():
-                w = getattr(conv, "weight", None)
-                if isinstance(w, torch.Tensor) and w.numel():
-                    w = to_output_filters(conv).detach()  # one filter per output channel
-                    item.filters[name] = w if cfg.max_filters is None else w[: cfg.max_filters]
         start_host_copies(item)
         background.submit(item, label=f"the capture of step {step}")
+
+    def _shared_work(
+        self, *, keep: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """What a sampled step runs that, on a sharded model, needs every rank: read the
+        watched convs' filters (gathered), then the probe pass. Always in this order, so the
+        ranks' collectives match. Returns ``(filters, probe maps)``, empty when not ``keep``."""
+        cfg, cap = self.config, self._shared
+        filters: dict[str, torch.Tensor] = {}
+        if self._reads_weights:
+            weights = gather_weights(self.root, cap.layers, keep=keep, sharding=self.sharding)
+            for name, w in weights.items():
+                conv = cap.layers[name]
+                w = to_output_filters(  # one filter per output channel
+                    w,
+                    transposed=bool(getattr(conv, "transposed", False)),
+                    groups=int(getattr(conv, "groups", 1)),
+                )
+                filters[name] = w if cfg.max_filters is None else w[: cfg.max_filters]
+        maps: dict[str, torch.Tensor] = {}
+        if self.probe is not None:
+            maps = dict(cap.probe(self.probe, record=keep))
+        return filters, maps
 
     # -- results, errors and shutdown ------------------------------------------------------------
     @property

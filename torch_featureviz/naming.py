@@ -27,6 +27,7 @@ __all__ = [
     "make_tag",
     "parse_tag",
     "split_call_key",
+    "strip_wrappers",
     "unique_stems",
     "unique_tags",
 ]
@@ -37,6 +38,18 @@ _CALL_TAG = re.compile(r"(.*)_call(\d+)", flags=re.S)
 
 #: The first component of every tag the package writes (after an optional prefix).
 KINDS = ("filters", "feature_maps", "activations", "summary", "input", "histograms", "featureviz")
+
+
+#: Path segments that wrappers insert between a model's own modules: FSDP1's units and
+#: ``checkpoint_wrapper``. Names drop them, so a layer has the same name sharded or not.
+WRAPPER_SEGMENTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+
+
+def strip_wrappers(name: str) -> str:
+    """``"_fsdp_wrapped_module.layer1._fsdp_wrapped_module.0"`` -> ``"layer1.0"``."""
+    if "_wrapped_module" not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_SEGMENTS)
 
 
 def call_key(name: str, index: int) -> str:
