@@ -60,7 +60,11 @@ TensorBoard shows only 10 images per tag by default; start it with
 :func:`~torch_featureviz.tensorboard_command`) to scrub through every step.
 
 Distributed training: under DDP only rank 0 captures and writes by default (no collective is
-ever issued); names never carry DDP's or DataParallel's ``module.`` prefix.
+ever issued); names never carry DDP's or DataParallel's ``module.`` prefix. Under sharded
+training (FSDP2's ``fully_shard``, FSDP1) create the monitor on every rank with the same options:
+on sampled steps every rank's ``step()`` gathers the watched filters and runs the probe pass, in
+that order, and only rank 0 keeps and writes them (see :mod:`torch_featureviz.sharding`); hooks
+and the writer thread never issue a collective. ``every_seconds`` is refused there.
 
 Ends of processes: :meth:`FeatureMonitor.close` (or ``with``) writes everything. A monitor that
 is garbage-collected without ``close()``, and one still open at interpreter exit, is closed then.
