@@ -324,3 +324,21 @@ class Chromium:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_chosen_channel_logs(logdir: Path, *, steps: int = 5) -> list[int]:
+    """A one-conv model whose channels 9, 2 and 7 are the most active, logged every step with
+    ``channels="top"``: the first capture shows channels 0-2, later ones 2, 7 and 9."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 12, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(0.01)
+        conv.bias.zero_()
+        conv.bias[[9, 2, 7]] = torch.tensor([5.0, 10.0, 15.0])
+    model = nn.Sequential(conv)
+    with FeatureMonitor(model, logdir, every=1, on_full="block", max_channels=3,
+                        channels="top", channel_refresh=None, probe=torch.rand(1, 3, 8, 8)) as m:
+        for _ in range(steps):
+            model(torch.randn(2, 3, 8, 8)).sum().backward()
+            m.step()
+    return list(range(steps))

@@ -16,7 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.plugin_helpers import MODEL_ORDER, write_monitor_logs, write_synthetic_logs
+from tests.plugin_helpers import (
+    MODEL_ORDER,
+    write_chosen_channel_logs,
+    write_monitor_logs,
+    write_synthetic_logs,
+)
 from tests.tensorboard_server import (
     _DIRECT,
     TensorBoardServer,
@@ -126,12 +131,15 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_monitor_logs(root / "old", order=False)  # no layer-order summary: natural order
     write_synthetic_logs(root / "gan", layers=3, prefix="G")
     write_synthetic_logs(root / "gan", layers=2, prefix="D", steps=[0, 20], seed=1)
+    write_chosen_channel_logs(root / "chosen")
     return root
 
 
 @pytest.fixture(scope="module")
 def server(logdir: Path) -> Iterator[TensorBoardServer]:
-    tb = start_tensorboard(logdir, logdir.parent / "tb_plugin.log", {"monitor", "old", "gan"})
+    tb = start_tensorboard(
+        logdir, logdir.parent / "tb_plugin.log", {"monitor", "old", "gan", "chosen"}
+    )
     try:
         yield tb
     finally:
@@ -165,7 +173,7 @@ def test_plugin_is_listed_enabled_and_loads_its_es_module(server: TensorBoardSer
 @pytest.mark.slow
 def test_index_lists_models_per_prefix_in_model_order(server: TensorBoardServer) -> None:
     runs = server.get_json(f"{ROUTE}/index")["runs"]
-    assert set(runs) == {"monitor", "old", "gan"}
+    assert set(runs) == {"monitor", "old", "gan", "chosen"}
     (mon,) = runs["monitor"]["models"]
     assert mon["order"] == "model"
     assert [x["layer"] for x in mon["layers"]] == MODEL_ORDER
@@ -235,7 +243,7 @@ def test_rust_data_server_serves_the_same_index(logdir: Path, server: TensorBoar
     try:
         def ready() -> bool:
             runs = rust.get_json(f"{ROUTE}/index")["runs"]
-            return set(runs) == {"monitor", "old", "gan"} and all(
+            return set(runs) == {"monitor", "old", "gan", "chosen"} and all(
                 len(m["layers"]) for r in runs.values() for m in r["models"])
 
         wait_for(rust, ready, "featureviz index over the Rust data server", 90)
@@ -247,3 +255,28 @@ def test_rust_data_server_serves_the_same_index(logdir: Path, server: TensorBoar
     finally:
         rust.stop()
     assert proc.returncode is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("view", ["hook", "probe"])
+def test_tiles_name_the_chosen_channels_and_strips_follow_a_channel(
+    server: TensorBoardServer, view: str
+) -> None:
+    tag = f"feature_maps/{view}/0"
+    first = server.get_json(f"{ROUTE}/tiles", run="chosen", tag=tag, step=0)
+    later = server.get_json(f"{ROUTE}/tiles", run="chosen", tag=tag, step=3)
+    assert first["channels"] == [0, 1, 2] and later["channels"] == [2, 7, 9]
+    plain = server.get_json(f"{ROUTE}/tiles", run="monitor", tag="feature_maps/hook/conv1",
+                            step=2)
+    assert plain["channels"] is None  # channels="first": tile i is channel i
+    # Channel 9 is tile 2 from step 1 on, and not shown at step 0: the strip says so.
+    url = f"{server.url}{ROUTE}/strip?" + urllib.parse.urlencode(
+        {"run": "chosen", "tag": tag, "channel": 9, "max": 16})
+    with _DIRECT.open(url, timeout=30) as response:
+        assert response.headers["X-Featureviz-Steps"] == "1,2,3,4"
+        strip = _png(response.read())
+    grid = _png(server.get(f"{ROUTE}/image", run="chosen", tag=tag, step=1))
+    left, top = (later["padding"] + 2 % later["cols"] * (later["tile_width"] + later["padding"]),
+                 later["padding"] + 2 // later["cols"] * (later["tile_height"] + later["padding"]))
+    tile = grid[top:top + later["tile_height"], left:left + later["tile_width"]]
+    assert np.array_equal(strip[:, : later["tile_width"]], tile)

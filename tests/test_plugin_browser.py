@@ -20,7 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.plugin_helpers import MODEL_ORDER, Chromium, chromium_executable, write_monitor_logs
+from tests.plugin_helpers import (
+    MODEL_ORDER,
+    Chromium,
+    chromium_executable,
+    write_chosen_channel_logs,
+    write_monitor_logs,
+)
 from tests.tensorboard_server import TensorBoardServer, start_tensorboard
 
 pytestmark = pytest.mark.slow
@@ -41,7 +47,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TensorBoardServ
     logdir = tmp_path_factory.mktemp("tab_logs")
     write_monitor_logs(logdir / "lr_0.1", steps=8)
     write_monitor_logs(logdir / "lr_0.01", steps=8, seed=1)
-    tb = start_tensorboard(logdir, logdir.parent / "tb_tab.log", {"lr_0.1", "lr_0.01"})
+    write_chosen_channel_logs(logdir / "top_channels")  # sorts last: not the first run shown
+    tb = start_tensorboard(
+        logdir, logdir.parent / "tb_tab.log", {"lr_0.1", "lr_0.01", "top_channels"}
+    )
     try:
         yield tb
     finally:
@@ -169,3 +178,26 @@ def test_tab_appears_in_tensorboard_and_loads_the_frontend(
     browser.screenshot(png)
     with Image.open(io.BytesIO(png.read_bytes())) as im:
         assert im.size[0] == 1400
+
+
+def test_a_tile_names_the_channel_the_monitor_chose(
+    server: TensorBoardServer, browser: Chromium
+) -> None:
+    """channels="top": the third tile at step 3 is channel 9, and the tile view says so."""
+    browser.navigate(server.url + ENTRY)
+    browser.wait_for("document.body && document.body.dataset.ready === 'true'")
+    browser.evaluate(
+        "(() => { const s = document.querySelector('#fv-run'); s.value = 'top_channels';"
+        " s.dispatchEvent(new Event('change')); })()"
+    )
+    browser.wait_for("document.querySelector(\"img.fv-grid[data-view='hook']\") &&"
+                     " document.querySelector(\"img.fv-grid[data-view='hook']\").dataset.run"
+                     " === 'top_channels'")
+    browser.wait_for(f"{ALL_SHOW}(4)")
+    # A 2x2 grid of 3 tiles: the first tile of the second row is tile 2.
+    browser.click("img.fv-grid[data-view='hook']", fx=0.25, fy=0.75)
+    browser.wait_for("document.querySelector('.fv-tile').dataset.stripSteps")
+    assert browser.evaluate("document.querySelector('.fv-tile').dataset.channel") == "9"
+    head = browser.evaluate("document.querySelector('.fv-tile-head b').textContent")
+    assert head.endswith("channel 9 (tile 2)"), head
+    assert browser.evaluate("document.querySelector('.fv-tile').dataset.stripSteps") == "1,2,3,4"

@@ -23,8 +23,10 @@ __all__ = [
     "CallCounter",
     "TagInfo",
     "call_key",
+    "channels_text",
     "layer_tag",
     "make_tag",
+    "parse_channels_text",
     "parse_tag",
     "split_call_key",
     "strip_wrappers",
@@ -132,6 +134,32 @@ class TagInfo:
     layer: str | None
     #: The call index parsed from ``_call<k>`` (0 for the first call).
     call: int = 0
+
+
+def channels_text(channels: Mapping[str, Iterable[int]]) -> str:
+    """The ``featureviz/channels`` text: one line per layer, ``<layer tag>: c0, c1, ...``, the
+    channel each tile of that layer's map grid shows, in tile order."""
+    return "  \n".join(f"{layer_tag(k)}: {', '.join(map(str, v))}" for k, v in channels.items())
+
+
+def parse_channels_text(text: str) -> dict[str, list[int]]:
+    """Invert :func:`channels_text`: ``{layer tag: [channel of each tile]}``.
+
+    Example::
+
+        >>> parse_channels_text(channels_text({"conv#1": [5, 2]}))
+        {'conv_call1': [5, 2]}
+    """
+    out: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        layer, sep, rest = line.strip().partition(": ")
+        if not sep:
+            continue
+        try:
+            out[layer] = [int(c) for c in rest.split(",") if c.strip()]
+        except ValueError:
+            continue  # not a line this package wrote
+    return out
 
 
 def parse_tag(tag: str) -> TagInfo | None:

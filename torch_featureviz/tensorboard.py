@@ -37,7 +37,7 @@ from torch_featureviz._validation import (
     check_writable_dir,
     conv_weights,
 )
-from torch_featureviz.naming import layer_tag, make_tag, unique_tags
+from torch_featureviz.naming import channels_text, layer_tag, make_tag, unique_tags
 from torch_featureviz.render import (
     FilterChannel,
     make_feature_grid,
@@ -285,8 +285,7 @@ class TensorBoardWriter:
         from torch.utils.tensorboard.summary import text
 
         tag = self.tag("featureviz", "channels")
-        lines = [f"{layer_tag(k)}: {', '.join(map(str, v))}" for k, v in channels.items()]
-        self._add_values(list(text(tag, "  \n".join(lines)).value), step)
+        self._add_values(list(text(tag, channels_text(channels)).value), step)
         return tag
 
     def log_scalar_layout(

@@ -6,8 +6,10 @@ server and with ``--load_fast=false``. Routes (under ``/data/plugin/featureviz``
 - ``/index``: runs, their models (one per tag prefix) and layers in model order;
 - ``/layer?run&prefix&layer``: the steps of each of the layer's panels and its statistics;
 - ``/image?run&tag&step``: one logged PNG (the step must have been logged for that tag);
-- ``/tiles?run&tag&step``: the tile boxes of a grid (:func:`grid_geometry`);
-- ``/strip?run&tag&channel&max``: one tile over evenly spaced steps as one PNG (the steps in
+- ``/tiles?run&tag&step``: the tile boxes of a grid (:func:`grid_geometry`) and, when the
+  monitor chose channels (``channels="top"``/``"changed"``), the channel each tile shows;
+- ``/strip?run&tag&channel&max``: one model channel over evenly spaced steps as one PNG, its
+  tile found at each step from those labels (the steps in
   the ``X-Featureviz-Steps`` header);
 - ``/deadmap?run&prefix``: the ``dead_channels`` fraction of every layer at every step;
 - ``/timelapse?run&tag``: the layer's grids over training as a GIF download;
@@ -30,7 +32,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from torch_featureviz.naming import parse_tag
+from torch_featureviz.naming import make_tag, parse_channels_text, parse_tag
 from torch_featureviz.tb_plugin.layout import build_index, grid_geometry
 from torch_featureviz.tb_plugin.metadata import PLUGIN_NAME, layers_tag, parse_layers
 from torch_featureviz.timelapse import encode_timelapse
@@ -259,8 +261,52 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
             geometry = grid_geometry(pixels)
         except ValueError as e:
             raise errors.InvalidArgumentError(str(e)) from None
+        history = self._channel_history(ctx, eid, _arg(request, "run"), _arg(request, "tag"))
+        channels = self._channels_at(history, _int_arg(request, "step"))
         return _json(request, {"width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
-                               **geometry.as_dict()})
+                               **geometry.as_dict(), "channels": channels})
+
+    def _channel_history(
+        self, ctx: Any, eid: str, run: str, tag: str
+    ) -> list[tuple[int, list[int]]] | None:
+        """``[(step, channel of each tile)]`` of a feature-map tag's layer, by step, from the
+        ``featureviz/channels`` text; ``None`` when the monitor did not choose channels (tile
+        ``i`` is then channel ``i``)."""
+        info = parse_tag(tag)
+        if info is None or info.kind != "feature_maps" or info.layer is None:
+            return None
+        # torch's text summary appends "/text_summary" to the tag it is given.
+        base = make_tag("featureviz", "channels", prefix=info.prefix)
+        listing = self._provider.list_tensors(
+            ctx, experiment_id=eid, plugin_name="text",
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[base, f"{base}/text_summary"]),
+        )
+        found = [t for t in (f"{base}/text_summary", base) if t in listing.get(run, {})]
+        if not found:
+            return None
+        text_tag = found[0]
+        run_filter = provider.RunTagFilter(runs=[run], tags=[text_tag])
+        data = self._provider.read_tensors(
+            ctx, experiment_id=eid, plugin_name="text", downsample=_MANY, run_tag_filter=run_filter
+        )
+        history = []
+        for d in sorted(data.get(run, {}).get(text_tag, []), key=lambda d: d.step):
+            raw = d.numpy.reshape(-1)
+            value = raw[0] if raw.size else b""
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            labels = parse_channels_text(text).get(info.layer)
+            if labels is not None:
+                history.append((int(d.step), labels))
+        return history or None
+
+    @staticmethod
+    def _channels_at(history: list[tuple[int, list[int]]] | None, step: int) -> list[int] | None:
+        """The tiles' channels at ``step``: those logged then, or the latest before it (a
+        choice holds until the next refresh)."""
+        if history is None:
+            return None
+        before = [labels for s, labels in history if s <= step]
+        return before[-1] if before else None
 
     @_application
     def _serve_strip(self, request: Any) -> wrappers.Response:
@@ -278,11 +324,24 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
             steps = [steps[round(i * (len(steps) - 1) / (most - 1))] for i in range(most)] \
                 if most > 1 else steps[-1:]
             steps = sorted(set(steps))
-        tiles = []
+        # ``channel`` is a model channel: under channels="top"/"changed" its tile moves (or is
+        # not shown) from one refresh to the next, so each step's labels say where it is.
+        history = self._channel_history(ctx, eid, run, tag)
+        placed = []
         for step in steps:
+            labels = self._channels_at(history, step)
+            if labels is None:
+                placed.append((step, channel))
+            elif channel in labels:
+                placed.append((step, labels.index(channel)))
+        if not placed:
+            raise errors.NotFoundError(f"channel {channel} of {tag!r} is not shown at any step")
+        steps = [step for step, _ in placed]
+        tiles = []
+        for step, index in placed:
             pixels = self._pixels(bytes(self._provider.read_blob(ctx, blob_key=keys[step])))
             try:
-                box = grid_geometry(pixels).box(channel)
+                box = grid_geometry(pixels).box(index)
             except (ValueError, IndexError) as e:
                 raise errors.InvalidArgumentError(str(e)) from None
             left, top, right, bottom = box

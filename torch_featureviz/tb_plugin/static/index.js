@@ -278,9 +278,11 @@ async function openTile(ev, img, where) {
   const py = (ev.clientY - rect.top) * (img.naturalHeight / rect.height);
   const col = Math.floor((px - g.padding) / (g.tile_width + g.padding));
   const row = Math.floor((py - g.padding) / (g.tile_height + g.padding));
-  const channel = row * g.cols + col;
-  if (col < 0 || col >= g.cols || row < 0 || channel >= g.count) return;
-  state.tile = { ...where, channel };
+  const index = row * g.cols + col;
+  if (col < 0 || col >= g.cols || row < 0 || index >= g.count) return;
+  // The monitor's channels="top"/"changed" picks channels: tile i is then channels[i].
+  const channel = g.channels && index < g.channels.length ? g.channels[index] : index;
+  state.tile = { ...where, channel, index };
   const left = g.padding + col * (g.tile_width + g.padding), top = g.padding + row * (g.tile_height + g.padding);
   const scale = Math.max(1, Math.floor(192 / Math.max(g.tile_width, g.tile_height)));
   const big = el('canvas', { class: 'fv-big', width: g.tile_width * scale, height: g.tile_height * scale });
@@ -292,7 +294,7 @@ async function openTile(ev, img, where) {
   const host = img.closest('.fv-card').querySelector('.fv-tile');
   const close = el('button', { class: 'fv-close', text: '×', onclick: () => { host.replaceChildren(); state.tile = null; } });
   host.replaceChildren(el('div', { class: 'fv-tile-head' },
-    el('b', { text: `${VIEW_TITLES[where.view]} · channel ${channel}` }), ` · ${where.run} · step ${img.dataset.step}`, close),
+    el('b', { text: `${VIEW_TITLES[where.view]} · channel ${channel}${channel === index ? '' : ` (tile ${index})`}` }), ` · ${where.run} · step ${img.dataset.step}`, close),
   el('div', { class: 'fv-tile-body' }, big, el('div', { class: 'fv-strip-box' }, strip, stripSteps)));
   host.dataset.channel = channel;
   const response = await fetch(url('strip', { run: where.run, tag: where.tag, channel, max: 16 }));
