@@ -41,6 +41,7 @@ entry point and the module uses no relative imports.
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import gc
 import importlib
@@ -176,7 +177,7 @@ def make_config(
         sizes=tuple(sizes or (128, 224)),
         batches=tuple(batches or ((1, 32) if cuda else (1,))),
         warmup=2,
-        repeats=7 if cuda else 11,
+        repeats=7 if cuda else 31,
         min_repeats=3,
         budget_s=3.0 if cuda else 8.0,
         captum=have_captum,
@@ -1019,6 +1020,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-peers", action="store_true", help="skip the optional peers (captum, torchlens)"
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds per case (default 31 on CPU, 7 on CUDA; 3 with --quick)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -1062,6 +1069,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         print("bench_featureviz: error: --threads must be >= 1", file=sys.stderr)
         return 2
+    if args.repeats is not None and args.repeats < 3:
+        print("bench_featureviz: error: --repeats must be >= 3", file=sys.stderr)
+        return 2
     cfg = make_config(
         device,
         quick=args.quick,
@@ -1072,6 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         e2e=not args.no_end_to_end,
     )
+    if args.repeats is not None:
+        cfg = dataclasses.replace(cfg, repeats=args.repeats)
     suffix = "_quick" if cfg.quick else ""
     path = args.json or BENCH_DIR / "results" / f"bench_{device}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -63,11 +63,15 @@ _RECORD: tuple[Record, ...] = ("all", "grad")
 _INERT = None.__init__  # type: ignore[misc]
 
 
+_is_compiling: Callable[[], bool] = (
+    torch.compiler.is_compiling
+    if hasattr(getattr(torch, "compiler", None), "is_compiling")
+    else torch._dynamo.is_compiling  # torch 2.2
+)
+
+
 def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return bool(compiler.is_compiling())
-    return bool(torch._dynamo.is_compiling())  # torch 2.2
+    return bool(_is_compiling())
 
 
 _graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
@@ -291,6 +295,8 @@ class FeatureCapture:
         self.layers: dict[str, nn.Module] = dict(
             find_conv_layers(self.root, include=layers, types=types)
         )
+        # The spatial rank of each conv (2 for Conv2d), read once: hooks run on every call.
+        self._spatial = {n: len(getattr(m, "kernel_size", (0, 0))) for n, m in self.layers.items()}
         #: When False the hooks return at once; toggle it instead of removing hooks (keeps
         #: compiled graphs valid and makes unsampled steps free).
         self.enabled = True
@@ -476,7 +482,7 @@ class FeatureCapture:
         if self.max_calls is not None and index >= self.max_calls:
             return
         try:
-            kept = self._select(output, module, record, key)
+            kept = self._select(output, name, record, key)
             if kept is not None:
                 record.maps[key] = kept
             if isinstance(output, torch.Tensor):
@@ -510,22 +516,25 @@ class FeatureCapture:
             )
 
     def _select(
-        self, output: Any, module: nn.Module, record: PassRecord, key: str
+        self, output: Any, name: str, record: PassRecord, key: str
     ) -> torch.Tensor | None:
+        # The hot path of hook mode: every captured conv call runs it, so it avoids work
+        # that changes nothing (a detach without autograd, a slice that keeps every channel).
         if not isinstance(output, torch.Tensor):
             self._note(
                 record, key, f"its output is a {type(output).__name__}, not a tensor", "type"
             )
             return None
-        spatial = len(getattr(module, "kernel_size", (0, 0)))
-        out = output.detach()
-        if out.dim() == spatial + 2:  # batched (N, C, *spatial)
+        spatial = self._spatial[name]
+        out = output.detach() if output.requires_grad else output
+        dims = out.dim()
+        if dims == spatial + 2:  # batched (N, C, *spatial)
             if self.sample >= out.shape[0]:
                 reason = f"the batch of {out.shape[0]} has no sample {self.sample}"
                 self._note(record, key, reason, "batch")
                 return None
             out = out[self.sample]
-        elif out.dim() != spatial + 1:  # an unbatched conv call gives (C, *spatial)
+        elif dims != spatial + 1:  # an unbatched conv call gives (C, *spatial)
             self._note(record, key, f"unexpected output shape {tuple(out.shape)}", "shape")
             return None
         if self.track_channel_means:
@@ -533,7 +542,7 @@ class FeatureCapture:
         chosen = self.channel_index.get(key)
         if chosen is not None and chosen.device == out.device and chosen.numel():
             out = out.index_select(0, chosen)
-        elif self.max_channels is not None:
+        elif self.max_channels is not None and out.shape[0] > self.max_channels:
             out = out[: self.max_channels]
         factor = 1
         if self.pixel_cap is not None:
@@ -541,10 +550,12 @@ class FeatureCapture:
         # Always a copy: the conv output may be overwritten in place after the hook returns.
         # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
         spare = self._spares.pop(key, None) if self.reuse_buffers and factor == 1 else None
-        if not _compiling() and torch.is_inference_mode_enabled():
+        if _is_compiling():
+            return _copy(out, factor, None)
+        if torch.is_inference_mode_enabled():
             with torch.inference_mode(False):
                 return _copy(out, factor, spare)
-        return _copy(out, factor, None if _compiling() else spare)
+        return _copy(out, factor, spare)
 
     # -- probe passes ------------------------------------------------------------------------------
     def probe(self, inputs: ModelInput, *, record: bool = True) -> dict[str, torch.Tensor]:
@@ -608,6 +619,8 @@ def _copy(out: torch.Tensor, factor: int, spare: torch.Tensor | None = None) -> 
         return spare.copy_(out)
     if factor > 1:
         return pool_map(out.float(), factor).contiguous()  # pooling makes the copy
+    if out.dtype == torch.float32:
+        return out.clone(memory_format=torch.contiguous_format)  # cheaper than .to(copy=True)
     return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
