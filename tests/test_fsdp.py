@@ -117,7 +117,22 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     model = _shard(tiny_net(), "fsdp2")
     out["every_seconds"] = _refusal(rank, model, every_seconds=10.0)
     out["probe_on_rank0_only"] = _refusal(rank, model, probe=_probe() if rank == 0 else None)
-    dist.barrier()
+    # Sharded after the monitor was made: a clear error from step() on the writing rank,
+    # never a hang or a read of freed memory.
+    from torch_featureviz import FeatureMonitor
+
+    for kind in KINDS:
+        net = tiny_net()
+        monitor = FeatureMonitor(net, os.path.join(root, f"late-{kind}"), every=1)
+        model = _shard(net, kind)
+        model(_batch(0)).square().mean().backward()
+        try:
+            monitor.step()
+            out[f"late-{kind}"] = "no error"
+        except RuntimeError as e:
+            out[f"late-{kind}"] = str(e)
+        monitor.close()
+        dist.barrier()
     Path(root, f"result{rank}.json").write_text(json.dumps(out))
     finish_gloo()
 
@@ -311,3 +326,13 @@ def test_monitor_benchmark_fsdp_run_reports_every_variant(tmp_path: Path) -> Non
         assert all(d["sampled_steps"] == 2 for d in r["ranks"])  # steps 10 and 20 of 30
         for key in ("unsampled_step_ms", "sampled_step_ms", "sampled_over_unsampled"):
             assert math.isfinite(r[key]) and r[key] > 0, (name, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_model_sharded_after_the_monitor_gets_a_clear_error(
+    fsdp_run: tuple[Path, list[dict]], kind: str
+) -> None:
+    _, (r0, r1) = fsdp_run
+    assert "Create the monitor after fully_shard" in r0[f"late-{kind}"]
+    assert r1[f"late-{kind}"] == "no error"  # rank 1 does nothing under rank_zero_only

@@ -78,6 +78,23 @@ def weight_shape(module: nn.Module) -> tuple[int, ...] | None:
     return (out, inp // groups, *kernel)
 
 
+def _check_unsharded(name: str, conv: nn.Module, w: torch.Tensor) -> None:
+    """A model sharded after the monitor was made would be read without the collectives it
+    needs (and, under FSDP1, from freed memory): say so instead."""
+    dtensor = _dtensor_type()
+    sharded = dtensor is not None and isinstance(w, dtensor)
+    if not sharded and w.numel():
+        shape = weight_shape(conv)
+        flattened = shape is not None and w.dim() == 1 and len(shape) > 1  # FSDP1's 1-d view
+        sharded = flattened or w.untyped_storage().nbytes() == 0  # FSDP1's freed storage
+    if sharded:
+        raise RuntimeError(
+            f"the weight of conv {name!r} is sharded now, but the model was not sharded when "
+            "the FeatureMonitor was created. Create the monitor after fully_shard(...) or "
+            "FullyShardedDataParallel(...), on every rank."
+        )
+
+
 def _fsdp1_owners(root: nn.Module, fsdp1: type) -> dict[int, nn.Module]:
     """``id(module) -> `` the innermost FSDP1 unit that holds it, for every module of ``root``."""
     owners: dict[int, nn.Module] = {}
@@ -122,6 +139,8 @@ def gather_weights(
 
     def read(name: str, conv: nn.Module) -> None:
         w = getattr(conv, "weight", None)
+        if sharding is None and isinstance(w, torch.Tensor):
+            _check_unsharded(name, conv, w)
         if dtensor is not None and isinstance(w, dtensor):
             w = w.full_tensor()  # type: ignore[attr-defined]  # a collective: all ranks
         elif keep and isinstance(w, torch.Tensor) and id(conv) in owners:
