@@ -59,7 +59,15 @@ def _deflate(rows: np.ndarray, level: int) -> bytes:
 
 
 def encode_png(pixels: np.ndarray, *, level: int = 1) -> bytes:
-    """Encode an ``(H, W, C)`` uint8 array (C = 1, 3 or 4) as PNG bytes."""
+    """Encode an ``(H, W, C)`` uint8 array (C = 1, 3 or 4) as PNG bytes.
+
+    Each image gets one PNG filter for all its rows, chosen by one cheap look at it: "Up"
+    (each byte minus the byte above) when at least half the rows repeat the row above, as in
+    filter grids, whose tiles are integer upscales (measured on resnet18's filter grids: 7x
+    smaller and 2x faster to compress than "Sub" in grayscale, 22% smaller and 1.5x faster in
+    RGB); otherwise "Sub" (each byte minus the byte one pixel to its left), which is smaller and
+    faster than "Up" on feature maps at native resolution, RGB (colormapped) or grayscale.
+    """
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in _COLOR_TYPE:
         raise ValueError(f"expected (H, W, C) uint8 pixels, got {pixels.shape} {pixels.dtype}.")
     h, w, c = pixels.shape
@@ -68,9 +76,12 @@ def encode_png(pixels: np.ndarray, *, level: int = 1) -> bytes:
     if level == 0:
         rows[:, 0] = 0  # filter "None": nothing will be compressed anyway
         rows[:, 1:] = flat
+    elif h > 1 and 2 * int(np.count_nonzero((flat[1:] == flat[:-1]).all(axis=1))) >= h - 1:
+        rows[:, 0] = 2  # "Up": a repeated row becomes zeros, which zlib's RLE all but removes
+        rows[0, 1:] = flat[0]
+        np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])
     else:
-        # Filter "Sub" (each byte minus the byte one pixel to its left, mod 256): one numpy
-        # pass that makes smooth maps ~5% smaller and zlib ~1.5x faster on them.
+        # "Sub": one numpy pass that makes smooth maps ~5% smaller and zlib ~1.5x faster.
         rows[:, 0] = 1
         rows[:, 1 : 1 + c] = flat[:, :c]
         np.subtract(flat[:, c:], flat[:, :-c], out=rows[:, 1 + c :])
