@@ -396,18 +396,3 @@ def unknown_option_message(what: str, key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return f"{what} got an unknown option {key!r}.{hint} Known options: {', '.join(known)}."
-
-
-def conv_weights(model_or_layers: Any, layers: Any = None, *, what: str = "model_or_layers") -> Any:
-    """A model's convs (filtered by ``layers`` globs), or a ``{name: conv or weight}`` mapping
-    as given; anything else is a TypeError."""
-    if isinstance(model_or_layers, nn.Module):
-        from torch_featureviz.discovery import find_conv_layers
-
-        return find_conv_layers(model_or_layers, include=layers)
-    if isinstance(model_or_layers, Mapping):
-        return model_or_layers
-    raise TypeError(
-        f"{what} must be a model or a {{name: conv or weight}} mapping, got "
-        f"{type(model_or_layers).__name__}."
-    )

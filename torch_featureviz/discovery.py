@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -250,6 +250,19 @@ def find_linear_layers(
 ) -> dict[str, nn.Linear]:
     """Like :func:`find_conv_layers`, for ``nn.Linear``; raises ``ValueError`` if there is none."""
     return _find(model, (nn.Linear,), include, exclude, "linear layer")  # type: ignore[return-value]
+
+
+def conv_weights(model_or_layers: Any, layers: Any = None, *, what: str = "model_or_layers") -> Any:
+    """A model's convs (filtered by ``layers`` globs), or a ``{name: conv or weight}`` mapping
+    as given; anything else is a TypeError."""
+    if isinstance(model_or_layers, nn.Module):
+        return find_conv_layers(model_or_layers, include=layers)
+    if isinstance(model_or_layers, Mapping):
+        return model_or_layers
+    raise TypeError(
+        f"{what} must be a model or a {{name: conv or weight}} mapping, got "
+        f"{type(model_or_layers).__name__}."
+    )
 
 
 def _resnet_block_types() -> tuple[type[nn.Module], ...]:

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from torch_featureviz._validation import check_cmap, check_writable_dir, conv_weights
+from torch_featureviz._validation import check_cmap, check_writable_dir
+from torch_featureviz.discovery import conv_weights
 from torch_featureviz.naming import unique_stems, unique_tags
 from torch_featureviz.render import FilterChannel, make_feature_grid, make_filter_grid
 

@@ -35,8 +35,8 @@ from torch_featureviz._validation import (
     check_positive_int,
     check_prefix,
     check_writable_dir,
-    conv_weights,
 )
+from torch_featureviz.discovery import conv_weights
 from torch_featureviz.naming import channels_text, layer_tag, make_tag, unique_tags
 from torch_featureviz.render import (
     FilterChannel,
