@@ -108,6 +108,12 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
             out[name] = _train(model, os.path.join(root, name), _probe() if probe else None)
             dist.barrier()  # still in step after close()
             out[name]["barrier_after_close"] = True
+    # Every rank writing (rank_zero_only=False): each keeps the gathered filters.
+    out["every-rank"] = _train(
+        _shard(tiny_net(), "fsdp2"), os.path.join(root, "every-rank"), _probe(),
+        rank_zero_only=False,
+    )
+    dist.barrier()
     # Filter gathering switched off: one warning on the writing rank, maps still logged.
     out["no-gather"] = _train(
         _shard(tiny_net(), "fsdp2"), os.path.join(root, "no-gather"), _probe(),
@@ -336,3 +342,13 @@ def test_a_model_sharded_after_the_monitor_gets_a_clear_error(
     _, (r0, r1) = fsdp_run
     assert "Create the monitor after fully_shard" in r0[f"late-{kind}"]
     assert r1[f"late-{kind}"] == "no error"  # rank 1 does nothing under rank_zero_only
+
+
+@pytest.mark.slow
+def test_every_rank_can_write_its_own_log(fsdp_run: tuple[Path, list[dict]]) -> None:
+    root, (r0, r1) = fsdp_run
+    assert r0["every-rank"]["captured"] == r1["every-rank"]["captured"] == 3
+    assert _event_dirs(root / "every-rank") == {root / "every-rank", root / "every-rank" / "rank1"}
+    mine, theirs = _images(root / "every-rank"), _images(root / "every-rank" / "rank1")
+    filters = [key for key in mine if key[0].startswith("filters/")]
+    assert filters and all(torch.equal(mine[k], theirs[k]) for k in filters)  # one model
