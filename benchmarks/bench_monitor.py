@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import functools
 import gc
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
 import tempfile
@@ -823,7 +825,7 @@ def _fsdp_worker(
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-        timeout=__import__("datetime").timedelta(seconds=120),
+        timeout=datetime.timedelta(seconds=120),
     )
     model = _shard_demo(build_demo_model(8, seed=0).train(), kind)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -871,14 +873,10 @@ def run_fsdp(*, steps: int, every: int, batch: int, timeout: float = 900) -> dic
     """
     import torch.multiprocessing as mp
 
-    from torch_featureviz.sharding import sharding_of  # noqa: F401  (fails early if missing)
-
     result: dict[str, Any] = {"steps": steps, "every": every, "batch": batch, "world": 2}
     for kind, probe in FSDP_VARIANTS:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "rows.json")
-            import socket
-
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]

@@ -549,9 +549,9 @@ class FeatureCapture:
             factor = pool_factor(tuple(out.shape), self.pixel_cap(key, tuple(out.shape)))
         # Always a copy: the conv output may be overwritten in place after the hook returns.
         # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
-        spare = self._spares.pop(key, None) if self.reuse_buffers and factor == 1 else None
         if _is_compiling():
-            return _copy(out, factor, None)
+            return _copy(out, factor, None)  # buffer reuse is never traced
+        spare = self._spares.pop(key, None) if self.reuse_buffers and factor == 1 else None
         if torch.is_inference_mode_enabled():
             with torch.inference_mode(False):
                 return _copy(out, factor, spare)

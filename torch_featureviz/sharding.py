@@ -16,6 +16,7 @@ unit at a time (``recurse=False``), so at most one unit's parameters are whole a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ __all__ = ["Sharding", "gather_weights", "sharding_of", "weight_shape"]
 Sharding = Literal["dtensor", "fsdp1"]
 
 
+@functools.cache  # a sampled step asks once per conv
 def _dtensor_type() -> type | None:
     if not torch.distributed.is_available():
         return None
@@ -42,6 +44,7 @@ def _dtensor_type() -> type | None:
     return DTensor
 
 
+@functools.cache
 def _fsdp1_type() -> type | None:
     if not torch.distributed.is_available():
         return None

@@ -119,7 +119,6 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
     def _where(request: Any) -> tuple[Any, str]:
         return plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
 
-
     def _run_listings(self, ctx: Any, eid: str, run: str) -> tuple[Any, Any]:
         """The image and scalar listings of one run, through the data provider."""
         run_filter = provider.RunTagFilter(runs=[run])
@@ -130,6 +129,7 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
             ctx, experiment_id=eid, plugin_name="scalars", run_tag_filter=run_filter
         )
         return images, scalars
+
     def _orders(self, ctx: Any, eid: str) -> dict[str, dict[str, list[str]]]:
         """``{run: {prefix: [layer tags]}}`` from the layer-order summaries."""
         listing = self._provider.list_tensors(ctx, experiment_id=eid, plugin_name=PLUGIN_NAME)
@@ -277,20 +277,14 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
             return None
         # torch's text summary appends "/text_summary" to the tag it is given.
         base = make_tag("featureviz", "channels", prefix=info.prefix)
-        listing = self._provider.list_tensors(
-            ctx, experiment_id=eid, plugin_name="text",
-            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[base, f"{base}/text_summary"]),
-        )
-        found = [t for t in (f"{base}/text_summary", base) if t in listing.get(run, {})]
-        if not found:
-            return None
-        text_tag = found[0]
-        run_filter = provider.RunTagFilter(runs=[run], tags=[text_tag])
+        tags = [f"{base}/text_summary", base]
         data = self._provider.read_tensors(
-            ctx, experiment_id=eid, plugin_name="text", downsample=_MANY, run_tag_filter=run_filter
-        )
+            ctx, experiment_id=eid, plugin_name="text", downsample=_MANY,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=tags),
+        ).get(run, {})
+        datums: list[Any] = next((data[t] for t in tags if data.get(t)), [])
         history = []
-        for d in sorted(data.get(run, {}).get(text_tag, []), key=lambda d: d.step):
+        for d in sorted(datums, key=lambda d: d.step):
             raw = d.numpy.reshape(-1)
             value = raw[0] if raw.size else b""
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
