@@ -8,6 +8,13 @@ and ``close()``; tests inject their own (a slow one, a failing one).
 
 The thread holds no reference to whoever owns the writer, so an owner that is garbage-collected
 without closing it can still be finalised (and close it).
+
+The thread runs torch's kernels on one thread (:class:`KernelThreads`). With PyTorch's OpenMP
+backend (Linux and Windows wheels) a thread that runs a kernel large enough to split gets an
+OpenMP team of its own; once the process has more OpenMP threads than cores, libgomp stops
+spinning between parallel regions, so every small kernel of the *training* thread waits for its
+workers to wake. Measured on 2 cores, that made the demo's whole training step 1.3-1.9x slower
+after the first capture, for the rest of the run.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 import warnings
 from typing import Any, Literal, Protocol
 
-__all__ = ["BackgroundWriter", "Sink"]
+__all__ = ["BackgroundWriter", "KernelThreads", "Sink"]
 
 OnFull = Literal["drop", "block"]
 _STOP = object()
@@ -51,6 +58,55 @@ def _lower_thread_priority(nice: int = 10) -> None:
         pass
 
 
+class KernelThreads:
+    """Run a new thread's torch kernels on ``threads`` threads without changing anyone else's.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP thread count and also the
+    process-wide default that threads started later begin with. So the new thread sets its own
+    count (:meth:`apply`) and says so, and the thread that started it then puts the
+    process-wide default back (:meth:`restore`) while keeping its own count. Under PyTorch's
+    native thread pool (no OpenMP) the count is process-wide: :meth:`restore` puts it back and
+    the new thread shares the pool, as without this class.
+
+    Both sides are bounded: if the new thread has not applied its count within ``timeout``
+    seconds, :meth:`restore` gives up and the new thread then leaves the counts alone.
+    """
+
+    def __init__(self, threads: int = 1, timeout: float = 10.0) -> None:
+        import torch
+
+        self.threads = threads
+        self.timeout = timeout
+        self.starter_threads = torch.get_num_threads()
+        self._lock = threading.Lock()
+        self._applied = threading.Event()
+        self._abandoned = False
+
+    def apply(self) -> None:
+        """Called first thing in the new thread."""
+        import torch
+
+        with self._lock:
+            try:
+                if not self._abandoned and self.threads != self.starter_threads:
+                    torch.set_num_threads(self.threads)
+                    torch.get_num_threads()  # fixes this thread's count before restore() runs
+            finally:
+                self._applied.set()
+
+    def restore(self) -> None:
+        """Called by the starting thread after ``Thread.start()``."""
+        import torch
+
+        self._applied.wait(self.timeout)
+        with self._lock:
+            if not self._applied.is_set():
+                self._abandoned = True
+                return
+        if self.threads != self.starter_threads:
+            torch.set_num_threads(self.starter_threads)
+
+
 class BackgroundWriter:
     """Write items to ``sink`` on a background thread, through a bounded queue.
 
@@ -63,6 +119,8 @@ class BackgroundWriter:
         block_timeout: the longest ``submit`` waits under ``"block"``.
         nice: how much lower the thread's scheduling priority is (Linux).
         name: the thread's name.
+        kernel_threads: intra-op threads of the torch kernels the thread runs (see
+            :class:`KernelThreads`); ``None`` leaves them at torch's setting.
     """
 
     def __init__(
@@ -74,6 +132,7 @@ class BackgroundWriter:
         block_timeout: float = 60.0,
         nice: int = 10,
         name: str = "featureviz-writer",
+        kernel_threads: int | None = 1,
     ) -> None:
         self.on_full = on_full
         self.block_timeout = block_timeout
@@ -87,13 +146,16 @@ class BackgroundWriter:
         self._stopping = False
         self._closed = False
         self._next_warn = 1
+        threads = None if kernel_threads is None else KernelThreads(kernel_threads)
         self._thread = threading.Thread(
             target=_run,
-            args=(self._queue, sink, self._fail, self._stopped, nice),
+            args=(self._queue, sink, self._fail, self._stopped, nice, threads),
             name=name,
             daemon=True,
         )
         self._thread.start()
+        if threads is not None:
+            threads.restore()
 
     # -- the owner's side -------------------------------------------------------------------------
     @property
@@ -216,9 +278,21 @@ class BackgroundWriter:
         )
 
 
-def _run(q: queue.Queue[Any], sink: Sink, fail: Any, stopped: Any, nice: int) -> None:
+def _run(
+    q: queue.Queue[Any],
+    sink: Sink,
+    fail: Any,
+    stopped: Any,
+    nice: int,
+    threads: KernelThreads | None,
+) -> None:
     """The writer thread: a plain function of the queue and the sink, so that it keeps no
     reference to the writer's owner."""
+    if threads is not None:
+        try:
+            threads.apply()
+        except Exception:  # noqa: BLE001 - torch's own default then: slower, never wrong
+            pass
     _lower_thread_priority(nice)
     failed = False
     while True:
