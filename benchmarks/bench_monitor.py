@@ -8,7 +8,13 @@ configuration, batch 64, on which the targets are judged; and batch 16, a small 
 - ``unsampled``: a monitor attached that never samples in the measured window (hooks gated off);
 - ``every100``: a monitor capturing every 100 steps (probe pass included), end-to-end;
 - the capturing step alone, timed on the training thread (forward, backward, optimizer step and
-  ``monitor.step()``), against a normal step.
+  ``monitor.step()``), against a normal step; then the wait for the background writer to finish
+  that capture, timed on its own, so the step is also reported with the writer's work added as
+  if it ran on the training thread (an upper bound).
+
+The throughput figures let the writer run beside training (``--writer overlap``, the default,
+as in real use): its CPU time then slows the steps that share the cores with it.
+``--writer charged`` makes every capturing step wait for it instead.
 
 Then a soak: a few thousand tiny steps capturing every 10, reporting resident-memory drift,
 thread count and open file count before and after.
@@ -26,6 +32,7 @@ import datetime
 import functools
 import gc
 import json
+import math
 import os
 import platform
 import socket
@@ -311,6 +318,16 @@ class _Subject:
     def close(self) -> dict[str, Any]:
         return {}
 
+    #: Whether the subject can take its hooks off and put them back between steps: its
+    #: baseline is then the *same* model without hooks, not the twin (see :func:`_kinds`).
+    toggles = False
+
+    def detach(self) -> None:
+        raise NotImplementedError
+
+    def attach(self) -> None:
+        raise NotImplementedError
+
 
 class _FeatureViz(_Subject):
     """torch_featureviz's ``FeatureMonitor`` with a probe, at its defaults otherwise.
@@ -346,6 +363,18 @@ class _FeatureViz(_Subject):
     def settle(self) -> None:
         self.monitor.flush(timeout=120)
 
+    toggles = True
+
+    def detach(self) -> None:
+        capture = self.monitor.capture
+        assert capture is not None
+        capture.remove()
+
+    def attach(self) -> None:
+        capture = self.monitor.capture
+        assert capture is not None
+        capture.attach()
+
     def close(self) -> dict[str, Any]:
         self.monitor.close()
         return {"dropped": self.monitor.dropped, "captured": self.monitor.captured}
@@ -371,9 +400,20 @@ class _HandWritten(_Subject):
         self.writer = SummaryWriter(log_dir)
         self.acts: dict[str, torch.Tensor] = {}
         self.convs = find_conv_layers(trainer.model)
+        self.handles: list[Any] = []
+        self.attach()
+
+    toggles = True
+
+    def attach(self) -> None:
         self.handles = [
             m.register_forward_hook(functools.partial(self._hook, n)) for n, m in self.convs.items()
         ]
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
     def _hook(self, name: str, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         self.acts[name] = output.detach()
@@ -396,8 +436,7 @@ class _HandWritten(_Subject):
         self.writer.flush()
 
     def close(self) -> dict[str, Any]:
-        for h in self.handles:
-            h.remove()
+        self.detach()
         self.writer.close()
         return {}
 
@@ -510,18 +549,34 @@ def _flushing_denormals() -> Iterator[None]:
 
 
 def _kinds(subject: _Subject, label: str) -> list[Variant]:
-    """The subject's attached step and its twin's step, as two timed variants."""
+    """The subject's attached step and its baseline, as two timed variants.
+
+    The baseline is the same model with the subject's hooks taken off (untimed, just before the
+    step) and put back after it, when the subject can do that (``toggles``): the same module
+    objects, tensors and memory, so nothing but the hooks differs. Otherwise (``wandb.watch``,
+    and the control) it is the model's hook-free twin, whose own bias the control measures.
+    """
     trainer = subject.trainer
 
     def attached() -> None:
         trainer.step(twin=False)
         subject.after_step()
 
-    def bare() -> None:
-        trainer.step(twin=True)
-        subject.baseline_step()
+    if subject.toggles:
 
-    return [Variant(f"none ({label}'s model)", bare), Variant(label, attached)]
+        def same_model() -> None:
+            trainer.step(twin=False)
+            subject.baseline_step()
+
+        bare = Variant(f"none ({label}'s model)", same_model, subject.detach, subject.attach)
+    else:
+
+        def twin() -> None:
+            trainer.step(twin=True)
+            subject.baseline_step()
+
+        bare = Variant(f"none ({label}'s model)", twin)
+    return [bare, Variant(label, attached)]
 
 
 def _ratios(
@@ -546,14 +601,16 @@ def run_throughput(
     capture_samples: int = 40,
     workload: Workload | None = None,
     peers: Sequence[str] = (),
-    charge_writer: bool = True,
+    charge_writer: bool = False,
     on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Seconds per step of each variant, interleaved step by step; and the capturing step alone.
 
     For this package and each peer, two models, each with its monitor: ``unsampled`` (``every``
-    never reached) and ``every100``. Each is timed against its hook-free twin (same tensors,
-    no hooks, see :func:`hook_free_twin`): ``none``. Every kind of step takes turns one step at
+    never reached) and ``every100``. Each is timed against ``none``: the same model with the
+    monitor's hooks taken off for that step, or, for a peer that cannot take them off, its
+    hook-free twin (same tensors, no hooks, see :func:`hook_free_twin`); a control pair with
+    nothing attached reads the twin method's own bias. Every kind of step takes turns one step at
     a time (:func:`_timing.interleave`), in a rotating order, for ``rounds`` capture periods of
     ``PERIOD`` steps, so whatever the machine does over seconds falls on all of them alike.
     Ratios compare total times; ``block_ratios`` gives each period's. The capturing step: a
@@ -602,6 +659,14 @@ def run_throughput(
                         sub.close()
                 continue
             variants += mine
+        # The control: a model with nothing attached against its twin, the same way. Its ratio
+        # is what the method reads when there is no cost at all (its bias and noise).
+        control = _Subject(_Trainer(workload), d, NEVER)
+        control_variants = _kinds(control, "control")
+        for v in control_variants:
+            for _ in range(3):
+                v.run()
+        variants += control_variants
         settle = [sub for subs in made.values() for sub in subs.values()]
 
         def on_round(r: int) -> None:
@@ -637,7 +702,8 @@ def run_throughput(
         capture: dict[str, dict[str, Any]] = {}
         for s in made:
             try:
-                sub = _make(s, _Trainer(workload), f"{d}/{s}-c", 1, charge_writer)
+                # Never charged here: the writer's wait is timed on its own, after the step.
+                sub = _make(s, _Trainer(workload), f"{d}/{s}-c", 1, False)
             except Exception as e:
                 errors[s] = f"{type(e).__name__}: {str(e).strip()[:200]}"
                 continue
@@ -645,16 +711,32 @@ def run_throughput(
                 trainer = sub.trainer
 
                 def normal(trainer: _Trainer = trainer, sub: _Subject = sub) -> None:
-                    trainer.step(twin=True)
+                    trainer.step(twin=not sub.toggles)  # the same model, its hooks off
                     sub.baseline_step()
+
+                def unhook(sub: _Subject = sub) -> None:
+                    sub.settle()
+                    if sub.toggles:
+                        sub.detach()
+
+                def rehook(sub: _Subject = sub) -> None:
+                    if sub.toggles:
+                        sub.attach()
 
                 def capturing(trainer: _Trainer = trainer, sub: _Subject = sub) -> None:
                     trainer.step(twin=False)
                     sub.after_step()
 
+                waits: list[float] = []
+
+                def wait_for_writer(sub: _Subject = sub, waits: list[float] = waits) -> None:
+                    t0 = time.perf_counter()
+                    sub.settle()
+                    waits.append(time.perf_counter() - t0)
+
                 pair = [
-                    Variant("normal", normal, sub.settle),
-                    Variant("capture", capturing, sub.settle, sub.settle),
+                    Variant("normal", normal, unhook, rehook),
+                    Variant("capture", capturing, sub.settle, wait_for_writer),
                 ]
                 for v in pair:
                     for _ in range(2):
@@ -669,7 +751,14 @@ def run_throughput(
                     gc_every=None,
                 )
                 ratios = [c / n for c, n in zip(t["capture"], t["normal"], strict=True)]
+                waits = waits[-len(ratios) :]  # the warm-up's waits are not timed steps
+                charged = [
+                    (c + w) / n
+                    for c, w, n in zip(t["capture"], waits, t["normal"], strict=True)
+                ]
                 capture[s] = {
+                    "writer_ms_per_capture": round(statistics.median(waits) * 1000, 3),
+                    "capture_step_with_writer_vs_normal": round(statistics.median(charged), 4),
                     "capture_step_ms": round(statistics.median(t["capture"]) * 1000, 3),
                     "normal_step_ms": round(statistics.median(t["normal"]) * 1000, 3),
                     "capture_step_vs_normal": round(statistics.median(ratios), 4),
@@ -703,6 +792,22 @@ def run_throughput(
         return r
 
     ours = result_of("featureviz")
+    control_ratios = _ratios(steps, {"control": "throughput_control_vs_none"}, period)
+    ours["throughput_control_vs_none"] = control_ratios["throughput_control_vs_none"]
+    # Robust to the bursts of a shared machine: the median over rounds of each step's ratio to
+    # the baseline step of the same round (adjacent in time). Every unsampled step is alike, so
+    # this is the per-step cost; at every=100 it would leave the capturing steps out.
+    for label, key in (("unsampled", "unsampled"), ("control", "control")):
+        ref, var = steps[f"none ({label}'s model)"], steps[label]
+        ours[f"paired_median_{key}_vs_none"] = round(
+            statistics.median(a / b for a, b in zip(ref, var, strict=False)), 4
+        )
+    ours["block_ratios"]["control"] = control_ratios["block_ratios"]["control"]
+    # The standard error of each ratio, from its spread over capture periods.
+    ours["ratio_stderr"] = {
+        label: round(statistics.stdev(r) / math.sqrt(len(r)), 4) if len(r) > 1 else None
+        for label, r in ours["block_ratios"].items()
+    }
     peers_out = {}
     for s in made:
         if s != "featureviz":
@@ -716,7 +821,7 @@ def run_throughput(
         "period_steps": period,
         "steps_per_variant": len(steps[every_name]),
         "captures": rounds,
-        "writer": "charged to the capturing step" if charge_writer else "overlapped",
+        "writer": "charged to the capturing step" if charge_writer else "overlapping training",
         **ours,
         "dropped": {label: extras["featureviz"][label].get("dropped") for label in labels},
         "peers": peers_out,
@@ -728,16 +833,18 @@ def run_hook_overhead(
     *, calls: int = 100, repeats: int = 30, model: str = "demo", device: str = "cpu"
 ) -> dict[str, float]:
     """Cost of the gated-off hooks alone: a tiny forward with a monitor attached but not sampling,
-    against its hook-free twin (same tensors), alternating (noise-free where whole steps are
-    not).
+    against the same model with the monitor's hooks taken off (untimed) for the call,
+    alternating (noise-free where whole steps are not).
     """
     from torch_featureviz import FeatureMonitor
 
     trainer = _Trainer(Workload(model=model, batch=1, size=8, device=device), pool=1)
-    model, twin = trainer.model.eval(), trainer.twin.eval()
+    model = trainer.model.eval()
     x = trainer.batches[0][0]
     with tempfile.TemporaryDirectory(prefix="featureviz-hooks-") as d:
         monitor = FeatureMonitor(model, d, every=NEVER, start_step=1)
+        capture = monitor.capture
+        assert capture is not None
 
         def forwards(m: nn.Module) -> Callable[[], None]:
             def run() -> None:
@@ -748,7 +855,10 @@ def run_hook_overhead(
             return run
 
         t = interleave(
-            [Variant("hooked", forwards(model)), Variant("bare", forwards(twin))],
+            [
+                Variant("hooked", forwards(model)),
+                Variant("bare", forwards(model), capture.remove, capture.attach),
+            ],
             device=device,
             rounds=repeats,
             always=("hooked", "bare"),
@@ -781,7 +891,8 @@ TARGETS = {
 LABELS = {
     "throughput_every100_vs_none": "throughput at every=100",
     "throughput_unsampled_vs_none": "unsampled steps",
-    "capture_step_vs_normal": "capturing step",
+    "capture_step_vs_normal": "capturing step (training thread)",
+    "capture_step_with_writer_vs_normal": "capturing step + the writer's work",
 }
 
 
@@ -957,7 +1068,8 @@ def format_table(result: dict[str, Any]) -> str:
             how = "stopped before the capturing steps: throughput only"
         else:
             how = (
-                f"{run['steps_per_variant']} timed steps per variant, writer {run['writer']}; "
+                f"{run['steps_per_variant']} timed steps per variant; throughput with the "
+                f"writer {run['writer']}; "
                 f"step {run['normal_step_ms']:.2f} ms"
             )
         lines.append(
@@ -969,14 +1081,38 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("| monitor | " + " | ".join(LABELS.values()) + " |")
         lines.append("|---|" + "---|" * len(LABELS))
         row = [
-            f"{run[k]:.4f} {'PASS' if _met(k, run[k]) else 'MISS'} (target {op} {t})"
-            if k in run
-            else "n/a"
-            for k, (op, t) in TARGETS.items()
+            "n/a"
+            if k not in run
+            else f"{run[k]:.4f} {'PASS' if _met(k, run[k]) else 'MISS'} (target "
+            f"{TARGETS[k][0]} {TARGETS[k][1]})"
+            if k in TARGETS
+            else f"{run[k]:.4f} (writer {run['writer_ms_per_capture']:.1f} ms)"
+            for k in LABELS
         ]
         lines.append("| torch_featureviz FeatureMonitor | " + " | ".join(row) + " |")
+        if "throughput_control_vs_none" in run:
+            se = run.get("ratio_stderr", {})
+
+            def pm(label: str) -> str:
+                return "" if se.get(label) is None else f" +- {se[label]:.4f}"
+
+            control_row = (
+                f"| control: nothing attached, against its twin (the method's own reading) | "
+                f"{run['throughput_control_vs_none']:.4f}{pm('control')} | "
+                f"median of paired steps {run.get('paired_median_control_vs_none', 'n/a')} | | |"
+            )
+            paired_row = (
+                "| unsampled steps, median of paired steps (robust to bursts) | | "
+                f"{run.get('paired_median_unsampled_vs_none', 'n/a')} | | |"
+            )
+            error_row = (
+                f"| standard error over capture periods | {pm(f'every{PERIOD}')[4:] or 'n/a'} | "
+                f"{pm('unsampled')[4:] or 'n/a'} | "
+                f"quartiles {run.get('capture_step_vs_normal_quartiles')} | |"
+            )
+            lines += [paired_row, control_row, error_row]
         for peer, r in run["peers"].items():
-            cells = [f"{r[k]:.4f}" if k in r else "n/a" for k in TARGETS]
+            cells = [f"{r[k]:.4f}" if k in r else "n/a" for k in LABELS]
             lines.append(f"| {PEERS[peer][0].name} | " + " | ".join(cells) + " |")
         lines.append("")
         for peer, err in run.get("peer_errors", {}).items():
@@ -1028,9 +1164,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: auto; none with --quick)",
     )
     parser.add_argument(
-        "--writer", choices=("charged", "overlap"), default="charged",
-        help="charged: a capturing step waits for the background writer (an upper bound); "
-        "overlap: the writer runs beside training, as in real use",
+        "--writer", choices=("charged", "overlap"), default="overlap",
+        help="for the throughput figures: overlap (default) lets the background writer run "
+        "beside training, as in real use, so its CPU time slows the steps it shares cores "
+        "with; charged makes a capturing step wait for it (an upper bound). The capturing "
+        "step is always reported both ways",
     )
     parser.add_argument("--no-soak", action="store_true", help="skip the leak soak")
     parser.add_argument(

@@ -549,11 +549,17 @@ def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsy
         *run["mean_step_ms"].values(),
         run["capture_step_ms"],
         run["normal_step_ms"],
+        run["writer_ms_per_capture"],
         *(run[k] for k in result["targets"]),
         *(x for ratios in run["block_ratios"].values() for x in ratios),
     ]
-    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 2 + 3 + 2 * 2
+    figures.append(run["throughput_control_vs_none"])  # the A/A control
+    figures += [run["ratio_stderr"][k] for k in ("control", "unsampled", "every100")]
+    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 3 + 3 + 3 * 2 + 1 + 3
     assert all(math.isfinite(x) and x > 0 for x in figures), figures
+    # The writer's wait is added to the same steps: never below the training thread's figure.
+    assert run["capture_step_with_writer_vs_normal"] >= run["capture_step_vs_normal"]
+    assert "the writer's work" in printed
     for key in result["targets"]:
         assert key in printed
     assert result["soak"]["threads_after"] == result["soak"]["threads_before"]
