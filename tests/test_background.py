@@ -160,3 +160,21 @@ def test_monitor_writer_uses_one_kernel_thread(tmp_path: Any, two_threads: None)
         assert monitor.flush(30)
     assert seen == [1]
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_writer_thread_runs_at_idle_priority() -> None:
+    """The writer runs when a core would otherwise idle, so it never preempts training."""
+    policies: list[int] = []
+
+    class Sink(_Recorder):
+        def write(self, item: Any) -> None:
+            policies.append(os.sched_getscheduler(0))  # 0: the calling thread
+
+    writer = BackgroundWriter(Sink())
+    try:
+        assert writer.submit(1) and writer.flush(10)
+    finally:
+        writer.close()
+    assert policies == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own policy is untouched
