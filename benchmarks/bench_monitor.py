@@ -1093,7 +1093,7 @@ def format_table(result: dict[str, Any]) -> str:
         if "throughput_control_vs_none" in run:
             se = run.get("ratio_stderr", {})
 
-            def pm(label: str) -> str:
+            def pm(label: str, se: dict[str, Any] = se) -> str:
                 return "" if se.get(label) is None else f" +- {se[label]:.4f}"
 
             control_row = (
