@@ -821,7 +821,7 @@ def run_throughput(
         "period_steps": period,
         "steps_per_variant": len(steps[every_name]),
         "captures": rounds,
-        "writer": "charged to the capturing step" if charge_writer else "overlapping training",
+        "writer": "charged to the capturing step" if charge_writer else "overlapped",
         **ours,
         "dropped": {label: extras["featureviz"][label].get("dropped") for label in labels},
         "peers": peers_out,

@@ -104,7 +104,7 @@ if [ "$DRY" = 1 ]; then
     FV=(--quick --device cpu --models resnet18 --sizes 32 --batches 1 2 --no-end-to-end)
     MON=(--device cpu --model tiny --size 16 --batch 2 --classes 4 --amp bf16 --rounds 1
          --capture-samples 2 --no-soak)
-    FV_S=40; MON_S=40; MON2_S=30
+    FV_S=40; MON_S=90; MON2_S=60
 else
     FV=(--device cuda --models resnet50 --sizes 224 --batches 1 32)
     MON=(--device cuda --model resnet50 --size 224 --batch 32 --classes 1000 --amp bf16
