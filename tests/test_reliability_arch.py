@@ -137,7 +137,11 @@ def test_random_architectures(request):
     )
     def check(arch, seed, batch, sample_frac):
         # mode and layout from the seed's low bits: an even mix, reproducible from the seed
-        sample, train, channels_last = int(sample_frac * batch), bool(seed & 1), bool(seed & 2)
+        sample, train = int(sample_frac * batch), bool(seed & 1)
+        # channels_last in eval mode only: torch 2.14's CPU backward segfaults (in the bare
+        # model, before any capture) on a train-mode channels_last net of a strided 1x1 conv,
+        # dropout, a dilated strided conv and a grouped 1x1 conv (hypothesis 6.170.17, seed 9879).
+        channels_last = bool(seed & 2) and not train
         convs, calls = check_architecture(arch, seed, batch, sample, train, channels_last)
         stats["examples"] += 1
         stats["convs"] += convs
