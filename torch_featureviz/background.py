@@ -300,12 +300,12 @@ def _run(
 ) -> None:
     """The writer thread: a plain function of the queue and the sink, so that it keeps no
     reference to the writer's owner."""
+    _lower_thread_priority(nice)  # before apply(): the constructor returns with both done
     if threads is not None:
         try:
             threads.apply()
         except Exception:  # noqa: BLE001 - torch's own default then: slower, never wrong
             pass
-    _lower_thread_priority(nice)
     failed = False
     while True:
         try:
