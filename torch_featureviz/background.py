@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 __all__ = ["BackgroundWriter", "KernelThreads", "Sink"]
@@ -94,8 +95,9 @@ class KernelThreads:
         self._applied = threading.Event()
         self._abandoned = False
 
-    def apply(self) -> None:
-        """Called first thing in the new thread."""
+    def apply(self, then: Callable[[], None] | None = None) -> None:
+        """Called first thing in the new thread; ``then`` runs before :meth:`restore` may
+        return (the writer lowers its priority there, after taking its count at full speed)."""
         import torch
 
         with self._lock:
@@ -104,7 +106,11 @@ class KernelThreads:
                     torch.set_num_threads(self.threads)
                     torch.get_num_threads()  # fixes this thread's count before restore() runs
             finally:
-                self._applied.set()
+                try:
+                    if then is not None:
+                        then()
+                finally:
+                    self._applied.set()
 
     def restore(self) -> None:
         """Called by the starting thread after ``Thread.start()``."""
@@ -300,10 +306,13 @@ def _run(
 ) -> None:
     """The writer thread: a plain function of the queue and the sink, so that it keeps no
     reference to the writer's owner."""
-    _lower_thread_priority(nice)  # before apply(): the constructor returns with both done
-    if threads is not None:
+    # The count first, at normal priority (the constructor waits for it), then the priority:
+    # a SCHED_IDLE thread could wait long for a core on a busy machine.
+    if threads is None:
+        _lower_thread_priority(nice)
+    else:
         try:
-            threads.apply()
+            threads.apply(then=lambda: _lower_thread_priority(nice))
         except Exception:  # noqa: BLE001 - torch's own default then: slower, never wrong
             pass
     failed = False
