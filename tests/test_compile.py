@@ -52,7 +52,7 @@ def test_compiled_model_trains_captures_and_does_not_recompile(tmp_path: Path) -
     model = tiny_net()
     probe = torch.randn(1, 3, 16, 16)
     # Register first, compile second (hooks added after compiling were ignored: pytorch#117758).
-    monitor = FeatureMonitor(model, tmp_path, every=3, probe=probe, max_channels=4)
+    monitor = FeatureMonitor(model, tmp_path, every=3, on_full="block", probe=probe, max_channels=4)
     backend = CountingBackend()
     compiled = torch.compile(model, backend=backend)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -88,7 +88,7 @@ def test_monitor_on_an_already_compiled_model_looks_through_it(tmp_path: Path) -
     torch._dynamo.reset()
     model = tiny_net()
     compiled = torch.compile(model, backend=CountingBackend())
-    with FeatureMonitor(compiled, tmp_path, every=1) as monitor:
+    with FeatureMonitor(compiled, tmp_path, every=1, on_full="block") as monitor:
         assert monitor.root is model
         assert "stem.0" in monitor.layers and not any("_orig_mod" in n for n in monitor.layers)
 

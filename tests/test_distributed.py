@@ -31,7 +31,12 @@ def _train(rank: int, world: int, log_dir: str, rank_zero_only: bool) -> None:
 
     model = DistributedDataParallel(tiny_net())  # BatchNorm: DDP broadcasts buffers
     monitor = FeatureMonitor(
-        model, log_dir, every=2, probe=torch.randn(1, 3, 16, 16), rank_zero_only=rank_zero_only
+        model,
+        log_dir,
+        every=2,
+        on_full="block",
+        probe=torch.randn(1, 3, 16, 16),
+        rank_zero_only=rank_zero_only,
     )
     # Count Python-level collectives issued from inside the monitor's step().
     calls: list[str] = []

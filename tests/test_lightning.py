@@ -70,7 +70,9 @@ def trainer(tmp_path: Path, callback: FeatureMonitorCallback, **kwargs) -> Train
 
 def test_logs_through_the_trainers_tensorboard_logger(tmp_path: Path) -> None:
     logger = TensorBoardLogger(str(tmp_path), name="run")
-    callback = FeatureMonitorCallback(every=2, probe=torch.randn(1, 3, 16, 16), max_channels=4)
+    callback = FeatureMonitorCallback(
+        every=2, on_full="block", probe=torch.randn(1, 3, 16, 16), max_channels=4
+    )
     module = Module()
     trainer(tmp_path, callback, logger=logger).fit(module, loader())
     assert callback.monitor is None  # closed at fit end
@@ -92,7 +94,7 @@ def test_without_a_tensorboard_logger_writes_under_default_root_dir(tmp_path: Pa
 
 
 def test_gradient_accumulation_captures_once_per_global_step(tmp_path: Path) -> None:
-    callback = FeatureMonitorCallback(every=1, log_dir=tmp_path / "fv")
+    callback = FeatureMonitorCallback(every=1, on_full="block", log_dir=tmp_path / "fv")
     t = trainer(tmp_path, callback, logger=False, max_steps=3, accumulate_grad_batches=2)
     t.fit(Module(), loader())
     ea = read_events(tmp_path / "fv")
@@ -100,7 +102,7 @@ def test_gradient_accumulation_captures_once_per_global_step(tmp_path: Path) -> 
 
 
 def test_bad_probe_fails_at_fit_start(tmp_path: Path) -> None:
-    callback = FeatureMonitorCallback(every=1, probe=torch.randn(1, 2, 16, 16))
+    callback = FeatureMonitorCallback(every=1, on_full="block", probe=torch.randn(1, 2, 16, 16))
     module = Module()
     with pytest.raises(ValueError, match=r"probe of shape \(1, 2, 16, 16\) does not fit"):
         trainer(tmp_path, callback, logger=False).fit(module, loader())
@@ -170,7 +172,7 @@ def test_other_ranks_do_nothing(tmp_path: Path) -> None:
         default_root_dir = str(tmp_path)
         strategy = types.SimpleNamespace(model=module)  # a DDP-like, unsharded model
 
-    callback = FeatureMonitorCallback(every=1)
+    callback = FeatureMonitorCallback(every=1, on_full="block")
     callback.on_fit_start(NotRankZero(), module)  # type: ignore[arg-type]
     callback.on_train_batch_start(NotRankZero(), module, None, 0)  # type: ignore[arg-type]
     module(torch.randn(2, 3, 16, 16))
@@ -206,7 +208,9 @@ def test_validation_accumulation_validate_and_test_log_only_training_batches(
         torch.full((4, 3, 16, 16), 7.0), torch.zeros(4, dtype=torch.long)
     )
     val = torch.utils.data.DataLoader(constant, batch_size=2)
-    callback = FeatureMonitorCallback(every=1, log_dir=tmp_path / "fv", max_channels=None)
+    callback = FeatureMonitorCallback(
+        every=1, on_full="block", log_dir=tmp_path / "fv", max_channels=None
+    )
     module = FrozenModule()
     t = trainer(
         tmp_path,

@@ -142,7 +142,7 @@ def test_log_dir_of_wrong_type(tmp_path: Path) -> None:
 # -- scheduling and the unsampled fast path -------------------------------------------------------
 def test_captures_every_n_steps_and_removes_hooks(tmp_path: Path) -> None:
     model = tiny_net()
-    with FeatureMonitor(model, tmp_path, every=3) as monitor:
+    with FeatureMonitor(model, tmp_path, every=3, on_full="block") as monitor:
         assert hook_count(model) > 0
         sampled = []
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -161,7 +161,7 @@ def test_captures_every_n_steps_and_removes_hooks(tmp_path: Path) -> None:
 
 def test_explicit_global_step_and_start_step(tmp_path: Path) -> None:
     model = tiny_net()
-    with FeatureMonitor(model, tmp_path, every=5, start_step=8) as monitor:
+    with FeatureMonitor(model, tmp_path, every=5, on_full="block", start_step=8) as monitor:
         train(model, monitor, 4)  # steps 8, 9, 10, 11
         train(model, None, 1)
         monitor.step(global_step=20)  # a jump the hooks were not armed for: no hook maps
@@ -175,7 +175,9 @@ def test_explicit_global_step_and_start_step(tmp_path: Path) -> None:
 
 def test_time_interval(tmp_path: Path) -> None:
     model = tiny_net()
-    with FeatureMonitor(model, tmp_path, every=10**6, every_seconds=0.05) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=10**6, on_full="block", every_seconds=0.05
+    ) as monitor:
         results = []
         for _ in range(4):
             train(model, None, 1)
@@ -204,7 +206,9 @@ def test_unsampled_steps_do_no_tensor_work(tmp_path: Path) -> None:
         bare(x).sum().backward()
         bare_step_ops = list(plain.ops)
     model = tiny_net()
-    with FeatureMonitor(model, tmp_path, every=100, probe=torch.randn(1, 3, 16, 16)) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=100, on_full="block", probe=torch.randn(1, 3, 16, 16)
+    ) as monitor:
         model(x).sum().backward()
         monitor.step()  # step 0: sampled
         for _ in range(3):
@@ -219,7 +223,7 @@ def test_outputs_are_unchanged_by_a_capture(tmp_path: Path) -> None:
     x = torch.randn(3, 3, 16, 16)
     ref = tiny_net()(x)
     model = tiny_net()
-    with FeatureMonitor(model, tmp_path, every=1):
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block"):
         out = model(x)
     assert torch.equal(out, ref)
 
@@ -230,7 +234,9 @@ def test_hook_maps_are_the_training_batch_and_filters_the_updated_weights(tmp_pa
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 3, 16, 16, generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    with FeatureMonitor(model, tmp_path, every=1, sample=2, max_channels=5) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", sample=2, max_channels=5
+    ) as monitor:
         expected = model.stem[0](x)[2, :5].detach().clone()
         model(x).square().mean().backward()
         opt.step()
@@ -255,7 +261,9 @@ def test_probe_maps_and_exact_restore(tmp_path: Path) -> None:
     model.train()
     model[2].eval()  # a mixed mode the restore must keep
     probe = torch.randn(2, 3, 12, 12)
-    with FeatureMonitor(model, tmp_path, every=1, probe=probe, sample=1) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", probe=probe, sample=1
+    ) as monitor:
         model(torch.randn(4, 3, 12, 12)).sum().backward()
         before = state_snapshot(model)
         rng = torch.get_rng_state()
@@ -282,7 +290,7 @@ def test_statistics_near_zero_and_dead_channels(tmp_path: Path) -> None:
         conv.bias[2] = -1.0
     model = nn.Sequential(conv, nn.ReLU())
     x = torch.randn(2, 3, 8, 8)
-    with FeatureMonitor(model, tmp_path, every=1, dead_window=3) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", dead_window=3) as monitor:
         for _ in range(4):
             model(x)
             monitor.step()
@@ -321,7 +329,7 @@ def test_statistics_of_an_unbatched_conv_output(tmp_path: Path) -> None:
     model = _Unbatched(conv)
     x = torch.full((1, 3, 8, 8), -1.0)
     x[0, 0, 0, 0] = 1.0
-    with FeatureMonitor(model, tmp_path, every=1) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block") as monitor:
         model(x)
         monitor.step()
     out = conv(x[0]).detach()
@@ -340,7 +348,7 @@ def test_dead_channels_use_a_window(tmp_path: Path) -> None:
     with torch.no_grad():
         conv.weight.fill_(1.0)
     model = nn.Sequential(conv)
-    with FeatureMonitor(model, tmp_path, every=1, dead_window=2) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", dead_window=2) as monitor:
         for sign in (1.0, -1.0, -1.0, -1.0):  # active once, then never
             model(torch.full((1, 1, 4, 4), sign))
             monitor.step()
@@ -352,7 +360,9 @@ def test_dead_channels_use_a_window(tmp_path: Path) -> None:
 def test_low_precision_training(tmp_path: Path, dtype: torch.dtype) -> None:
     model = tiny_net().to(dtype)
     probe = torch.randn(1, 3, 16, 16)  # float32: cast to the model's dtype once
-    with FeatureMonitor(model, tmp_path, every=1, probe=probe, histograms=True) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", probe=probe, histograms=True
+    ) as monitor:
         x = torch.randn(2, 3, 16, 16, dtype=dtype)
         model(x).float().sum().backward()
         monitor.step()
@@ -367,7 +377,7 @@ def test_low_precision_training(tmp_path: Path, dtype: torch.dtype) -> None:
 
 def test_dataparallel_names_have_no_module_prefix(tmp_path: Path) -> None:
     model = nn.DataParallel(tiny_net())
-    with FeatureMonitor(model, tmp_path, every=1) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block") as monitor:
         model(torch.randn(2, 3, 16, 16)).sum().backward()
         monitor.step()
     tags = read_events(tmp_path).Tags()["images"]
@@ -380,7 +390,7 @@ def test_existing_summary_writer_is_not_closed(tmp_path: Path) -> None:
 
     writer = SummaryWriter(str(tmp_path))
     model = tiny_net()
-    with FeatureMonitor(model, writer, every=1) as monitor:
+    with FeatureMonitor(model, writer, every=1, on_full="block") as monitor:
         train(model, monitor, 1)
     writer.add_scalar("user/after", 1.0, 5)  # still open
     writer.close()
@@ -494,7 +504,7 @@ SCRIPT = textwrap.dedent(
     from tests.helpers import tiny_net
     from torch_featureviz import FeatureMonitor
     model = tiny_net()
-    monitor = FeatureMonitor(model, {log_dir!r}, every=2)
+    monitor = FeatureMonitor(model, {log_dir!r}, every=2, on_full="block")
     for _ in range(5):
         model(torch.randn(2, 3, 16, 16)).sum().backward()
         monitor.step()
@@ -554,9 +564,12 @@ def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsy
         *(x for ratios in run["block_ratios"].values() for x in ratios),
     ]
     figures.append(run["throughput_control_vs_none"])  # the A/A control
-    figures += [run["ratio_stderr"][k] for k in ("control", "unsampled", "every100")]
-    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 3 + 3 + 3 * 2 + 1 + 3
+    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 3 + 3 + 3 * 2 + 1
     assert all(math.isfinite(x) and x > 0 for x in figures), figures
+    # Two periods in a quick run: their ratios can agree to the 4 decimals kept, so 0 is a
+    # reading too.
+    errors = [run["ratio_stderr"][k] for k in ("control", "unsampled", "every100")]
+    assert all(math.isfinite(x) and x >= 0 for x in errors), errors
     # The writer's wait is added to the same steps: never below the training thread's figure.
     assert run["capture_step_with_writer_vs_normal"] >= run["capture_step_vs_normal"]
     assert "the writer's work" in printed
@@ -582,7 +595,7 @@ def test_short_soak_leaves_no_threads_or_files(tmp_path: Path) -> None:
 
 def test_repr_and_closed_monitor(tmp_path: Path) -> None:
     model = tiny_net()
-    monitor = FeatureMonitor(model, tmp_path, every=1)
+    monitor = FeatureMonitor(model, tmp_path, every=1, on_full="block")
     assert "every=1" in repr(monitor) and os.fspath(tmp_path) in str(monitor.log_dir)
     monitor.close()
     assert monitor.step() is False
@@ -591,7 +604,7 @@ def test_repr_and_closed_monitor(tmp_path: Path) -> None:
 
 def test_short_last_batch_does_not_break_training(tmp_path: Path) -> None:
     model = tiny_net()
-    with FeatureMonitor(model, tmp_path, every=1, sample=3) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", sample=3) as monitor:
         model(torch.randn(4, 3, 16, 16)).sum().backward()
         monitor.step()
         model(torch.randn(2, 3, 16, 16)).sum().backward()  # no sample 3 in this batch
@@ -606,7 +619,7 @@ def test_inactive_rank_has_no_hooks_and_writes_nothing(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(monitor_module, "_distributed_rank", lambda: 1)
     model = tiny_net()
-    monitor = FeatureMonitor(model, tmp_path / "logs", every=1)
+    monitor = FeatureMonitor(model, tmp_path / "logs", every=1, on_full="block")
     assert not monitor.active and monitor.layers == [] and monitor.log_dir is None
     assert hook_count(model) == 0
     train(model, monitor, 2)
@@ -617,10 +630,10 @@ def test_inactive_rank_has_no_hooks_and_writes_nothing(tmp_path: Path, monkeypat
 
 def test_second_monitor_on_the_same_model_closes_the_first(tmp_path: Path) -> None:
     model = tiny_net()
-    first = FeatureMonitor(model, tmp_path / "a", every=1)
+    first = FeatureMonitor(model, tmp_path / "a", every=1, on_full="block")
     hooks = hook_count(model)
     with pytest.warns(RuntimeWarning, match="already had an open FeatureMonitor; closing it"):
-        second = FeatureMonitor(model, tmp_path / "b", every=1)
+        second = FeatureMonitor(model, tmp_path / "b", every=1, on_full="block")
     assert first.closed and not second.closed
     assert hook_count(model) == hooks  # not doubled
     train(model, second, 1)
@@ -631,7 +644,7 @@ def test_second_monitor_on_the_same_model_closes_the_first(tmp_path: Path) -> No
 def test_one_by_one_kernels_get_a_shared_scale_filter_grid(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
-    with FeatureMonitor(model, tmp_path, every=1, histograms=True) as monitor:
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", histograms=True) as monitor:
         model(torch.randn(1, 3, 8, 8))
         monitor.step()
     ea = read_events(tmp_path)
@@ -644,7 +657,7 @@ def test_one_by_one_kernels_get_a_shared_scale_filter_grid(tmp_path: Path) -> No
 
 
 def test_writer_thread_runs_at_lower_priority_on_linux(tmp_path: Path) -> None:
-    monitor = FeatureMonitor(tiny_net(), tmp_path, every=1)
+    monitor = FeatureMonitor(tiny_net(), tmp_path, every=1, on_full="block")
     try:
         thread = monitor.writer_thread
         assert thread is not None

@@ -225,7 +225,9 @@ def test_monitor_on_random_architectures(tmp_path_factory, request):
         ref = reference_maps(model, x)
         log_dir = tmp_path_factory.mktemp("monitor")
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        with FeatureMonitor(model, log_dir, every=1, sample=1, max_channels=16) as monitor:
+        with FeatureMonitor(
+            model, log_dir, every=1, on_full="block", sample=1, max_channels=16
+        ) as monitor:
             torch.manual_seed(seed)
             model(x).square().mean().backward()
             opt.step()

@@ -255,7 +255,9 @@ def test_hostile_module_names_make_unique_monitor_tags(tmp_path):
     """The monitor's scalar tags (activations/<layer>/<stat>) must not merge two layers either."""
     model = Hostile()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with FeatureMonitor(model, tmp_path, every=1, max_channels=2, max_filters=2) as monitor:
+    with FeatureMonitor(
+        model, tmp_path, every=1, on_full="block", max_channels=2, max_filters=2
+    ) as monitor:
         for _ in range(2):
             model(torch.randn(2, 3, 6, 6)).sum().backward()
             opt.step()

@@ -235,7 +235,7 @@ def _monitored_run(
     refs, weights = [], []
     convs = find_conv_layers(model)
     twin = copy.deepcopy(model)  # copied before any hook exists (a copy would keep them)
-    with FeatureMonitor(model, log_dir, every=1, **options) as monitor:
+    with FeatureMonitor(model, log_dir, every=1, on_full="block", **options) as monitor:
         for x in batches:
             twin.load_state_dict(model.state_dict())  # same weights and BN statistics
             refs.append(reference_maps(twin, x, in_place=True))

@@ -49,11 +49,13 @@ def _lower_thread_priority(nice: int = 10) -> None:
 
     Rendering and encoding are off the training thread, but training on the CPU keeps every
     core busy, and a writer that preempts one of torch's intra-op workers stalls the whole
-    parallel region it belongs to. So the thread takes a ``nice`` value ``nice`` steps lower and
-    asks for ``SCHED_IDLE`` (it runs when a core would otherwise idle, as between the training
-    thread's kernels). Measured on 2 cores (demo, batch 16, a capture every
-    10 steps, the writer's work included): 0.911x the throughput without the monitor under
-    ``SCHED_IDLE``, 0.893x at nice +10.
+    parallel region it belongs to. So the thread takes a ``nice`` value ``nice`` steps lower.
+
+    Not ``SCHED_IDLE``: it was tried, and measured 0.911x against 0.893x at nice +10 (demo,
+    batch 16, a capture every 10 steps, 2 cores), but an idle-class thread gets about 1% of a
+    core while anything else is runnable. With two busy processes beside it (DataLoader workers,
+    another job on a shared node) four captures took 6 s to write instead of 0.12 s, so captures
+    were dropped and ``close()`` could give up with captures unwritten.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -64,10 +66,6 @@ def _lower_thread_priority(nice: int = 10) -> None:
     try:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     except (AttributeError, OSError):  # not permitted or not supported: run at normal priority
-        pass
-    try:
-        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # the nice value above stays
         pass
 
 
@@ -306,8 +304,7 @@ def _run(
 ) -> None:
     """The writer thread: a plain function of the queue and the sink, so that it keeps no
     reference to the writer's owner."""
-    # The count first, at normal priority (the constructor waits for it), then the priority:
-    # a SCHED_IDLE thread could wait long for a core on a busy machine.
+    # The count first, at normal priority (the constructor waits for it), then the priority.
     if threads is None:
         _lower_thread_priority(nice)
     else:
