@@ -5,7 +5,7 @@ load from other processes falls on all of them alike), on two workloads (the dem
 configuration, batch 64, on which the targets are judged; and batch 16, a small step):
 
 - ``none``: no monitor attached;
-- ``unsampled``: a monitor attached that never samples in the measured window (hooks gated off);
+- ``unsampled``: a monitor attached that never samples in the measured window (its hooks removed);
 - ``every100``: a monitor capturing every 100 steps (probe pass included), end-to-end;
 - the capturing step alone, timed on the training thread (forward, backward, optimizer step and
   ``monitor.step()``), against a normal step; then the wait for the background writer to finish
@@ -368,12 +368,16 @@ class _FeatureViz(_Subject):
     def detach(self) -> None:
         capture = self.monitor.capture
         assert capture is not None
+        # Between captures the monitor has removed its hooks already (on an eager model):
+        # put back only what was there.
+        self._had_hooks = capture.attached
         capture.remove()
 
     def attach(self) -> None:
         capture = self.monitor.capture
         assert capture is not None
-        capture.attach()
+        if self._had_hooks and not capture.attached:
+            capture.attach()
 
     def close(self) -> dict[str, Any]:
         self.monitor.close()
@@ -832,9 +836,10 @@ def run_throughput(
 def run_hook_overhead(
     *, calls: int = 100, repeats: int = 30, model: str = "demo", device: str = "cpu"
 ) -> dict[str, float]:
-    """Cost of the gated-off hooks alone: a tiny forward with a monitor attached but not sampling,
-    against the same model with the monitor's hooks taken off (untimed) for the call,
-    alternating (noise-free where whole steps are not).
+    """Cost of the gated-off hooks alone, what a compiled model (or ``keep_hooks=True``) pays
+    between captures: a tiny forward with a monitor's hooks registered but not sampling, against
+    the same model with them taken off (untimed) for the call, alternating (noise-free where
+    whole steps are not). An eager model's unsampled forwards run with no hook at all.
     """
     from torch_featureviz import FeatureMonitor
 
@@ -842,7 +847,7 @@ def run_hook_overhead(
     model = trainer.model.eval()
     x = trainer.batches[0][0]
     with tempfile.TemporaryDirectory(prefix="featureviz-hooks-") as d:
-        monitor = FeatureMonitor(model, d, every=NEVER, start_step=1)
+        monitor = FeatureMonitor(model, d, every=NEVER, start_step=1, keep_hooks=True)
         capture = monitor.capture
         assert capture is not None
 
@@ -1286,7 +1291,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(result["throughput"].values()))
     per_step = hooks["overhead_us_per_forward"] / (first["normal_step_ms"] * 1000)
     print(
-        f"gated-off hooks ({hooks['hooked_layers']} layers): "
+        f"gated-off hooks, kept only on compiled models ({hooks['hooked_layers']} layers): "
         f"{hooks['overhead_us_per_forward']} us per forward "
         f"({hooks['forward_us_no_hooks']} -> {hooks['forward_us_hooks_gated_off']} us on a tiny "
         f"input), {per_step:.2%} of a normal training step of {names[0]}"

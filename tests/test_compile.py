@@ -59,7 +59,9 @@ def test_compiled_model_trains_captures_and_does_not_recompile(tmp_path: Path) -
     g = torch.Generator().manual_seed(0)
     expected: dict[int, torch.Tensor] = {}
     compiles_after_warmup = None
+    hooked = []
     for step in range(12):
+        hooked.append(sum(len(m._forward_hooks) for m in model.modules()))
         x = torch.randn(2, 3, 16, 16, generator=g)
         if step % 3 == 0:
             with torch.no_grad():
@@ -74,6 +76,8 @@ def test_compiled_model_trains_captures_and_does_not_recompile(tmp_path: Path) -
     monitor.close()
 
     assert backend.compiles > 0, "the model was not compiled"
+    # Traced with the hooks at step 0: they stay registered, switched off, between captures.
+    assert min(hooked) > 0 and monitor._capture is not None and monitor._capture.compiled
     # Toggling `enabled` may give one graph per value, never one per step.
     assert compiles_after_warmup is not None and compiles_after_warmup <= 4
     assert backend.compiles == compiles_after_warmup, "recompiled after warm-up"
@@ -97,3 +101,62 @@ def test_compile_then_bad_every_still_fails_fast(tmp_path: Path) -> None:
     compiled = torch.compile(nn.Sequential(nn.Conv2d(3, 3, 1)), backend=CountingBackend())
     with pytest.raises(ValueError, match="every must be >= 1"):
         FeatureMonitor(compiled, tmp_path, every=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_hooks", [False, True])
+def test_compiling_after_the_first_steps_warns_or_keeps_its_hooks(
+    tmp_path: Path, keep_hooks: bool
+) -> None:
+    """Hooks are removed between captures on a model seen to run eagerly. Compiled after that,
+    its graph is traced without them and Dynamo never sees them again: the monitor says so
+    once; with keep_hooks=True the graph is traced with them and every capture is logged."""
+    import warnings
+
+    torch._dynamo.reset()
+    model = tiny_net()
+    monitor = FeatureMonitor(model, tmp_path, every=3, keep_hooks=keep_hooks, on_full="block")
+    run: nn.Module = model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(7):
+            if step == 2:  # traced at an unsampled step
+                run = torch.compile(model, backend=CountingBackend())
+            run(torch.randn(2, 3, 16, 16)).sum().backward()
+            monitor.step()
+    monitor.close()
+    said = [str(w.message) for w in caught if "captured no conv output" in str(w.message)]
+    steps = [e.step for e in read_images(tmp_path, "feature_maps/hook/stem.0")]
+    if keep_hooks:
+        assert said == [] and steps == [0, 3, 6]
+    else:
+        assert len(said) == 1 and "keep_hooks=True" in said[0] and "step 3" in said[0]
+        assert steps == [0]  # nothing wrong is logged: no map at all
+
+
+def test_is_compiled_sees_wrappers_in_place_and_inner_compiles() -> None:
+    from torch_featureviz.discovery import is_compiled
+
+    backend = CountingBackend()
+    model = tiny_net()
+    assert not is_compiled(model)
+    assert is_compiled(torch.compile(model, backend=backend))
+    assert is_compiled(nn.DataParallel(torch.compile(model, backend=backend)))
+    inner = tiny_net()
+    inner.stem = torch.compile(inner.stem, backend=backend)
+    assert is_compiled(inner)
+    in_place = tiny_net()
+    in_place.compile(backend=backend)
+    assert is_compiled(in_place)
+
+
+def test_a_monitor_on_a_compiled_wrapper_keeps_its_hooks(tmp_path: Path) -> None:
+    torch._dynamo.reset()
+    model = tiny_net()
+    compiled = torch.compile(model, backend=CountingBackend())
+    with FeatureMonitor(compiled, tmp_path, every=3, on_full="block") as monitor:
+        for _ in range(4):
+            compiled(torch.randn(2, 3, 16, 16)).sum().backward()
+            monitor.step()
+            assert sum(len(m._forward_hooks) for m in model.modules()) > 0
+        assert monitor.captured == 2

@@ -144,19 +144,52 @@ def test_captures_every_n_steps_and_removes_hooks(tmp_path: Path) -> None:
     model = tiny_net()
     with FeatureMonitor(model, tmp_path, every=3, on_full="block") as monitor:
         assert hook_count(model) > 0
-        sampled = []
+        sampled, hooked = [], []
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         for _ in range(10):
+            hooked.append(hook_count(model))  # what this step's forward runs with
             model(torch.randn(2, 3, 16, 16)).sum().backward()
             opt.step()
             sampled.append(monitor.step())
     assert sampled == [i % 3 == 0 for i in range(10)]
+    # Unsampled forwards run with no hook at all (PyTorch's fast call path); a sampled step's
+    # forward has them, added at the step() before it.
+    assert [n > 0 for n in hooked] == sampled
     assert hook_count(model) == 0
     assert monitor.captured == 4 and monitor.dropped == 0
     ea = read_events(tmp_path)
     for tag in ("filters/stem.0", "feature_maps/hook/stem.0", "feature_maps/hook/shared_call1"):
         assert [e.step for e in ea.Images(tag)] == [0, 3, 6, 9]
     assert [e.step for e in ea.Scalars("activations/heads.down/mean")] == [0, 3, 6, 9]
+
+
+@pytest.mark.filterwarnings("ignore:FeatureMonitor captured no conv output:RuntimeWarning")
+def test_hooks_stay_until_a_forward_is_seen_and_with_keep_hooks(tmp_path: Path) -> None:
+    """Before any training forward the monitor cannot know the model runs eagerly, so the
+    hooks stay (a first forward compiled then is traced with them); keep_hooks keeps them."""
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path / "a", every=3, start_step=1, on_full="block") as m:
+        for _ in range(3):
+            m.step()  # steps 1, 2, 3 with no forward at all
+        assert hook_count(model) > 0
+    model = tiny_net()
+    with FeatureMonitor(model, tmp_path / "b", every=3, keep_hooks=True, on_full="block") as m:
+        for _ in range(4):
+            model(torch.randn(2, 3, 16, 16)).sum().backward()
+            m.step()
+            assert hook_count(model) > 0
+        assert m.captured == 2
+    assert hook_count(model) == 0
+
+
+def test_a_sampled_step_without_a_forward_to_capture_says_why(tmp_path: Path) -> None:
+    model = tiny_net().eval()
+    with FeatureMonitor(model, tmp_path, every=2, on_full="block") as monitor:
+        with torch.no_grad():  # inference with the default record="grad"
+            model(torch.randn(2, 3, 16, 16))
+        with pytest.warns(RuntimeWarning, match=r"no conv output of TinyNet.*record='all'"):
+            monitor.step()
+    assert "feature_maps/hook/stem.0" not in read_events(tmp_path).Tags()["images"]
 
 
 def test_explicit_global_step_and_start_step(tmp_path: Path) -> None:

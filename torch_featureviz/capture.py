@@ -132,6 +132,12 @@ class _RootPreHook(_Hook):
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         cap = self.capture
+        # How the model runs, for the monitor: hooks removed between captures are never seen
+        # again by a graph Dynamo traced with them (nor added to one traced without them).
+        if _compiling():
+            cap.compiled = True
+        elif not cap._probing:  # probe passes call the unwrapped model, never compiled
+            cap.ran_eagerly = True
         if cap.enabled:
             cap._start_root_pass()
 
@@ -300,6 +306,11 @@ class FeatureCapture:
         #: When False the hooks return at once; toggle it instead of removing hooks (keeps
         #: compiled graphs valid and makes unsampled steps free).
         self.enabled = True
+        #: Whether a forward of the model has run the hooks eagerly, or under
+        #: ``torch.compile``'s tracing (set by the hooks; read by the monitor, which removes
+        #: the hooks between captures only on a model seen to run eagerly and never compiled).
+        self.ran_eagerly = False
+        self.compiled = False
         #: Number of complete passes published since the capture was made.
         self.passes = 0
         #: The last published pass (``None`` before the first one).
@@ -467,6 +478,8 @@ class FeatureCapture:
                 self._note(record, "<end>", f"{type(e).__name__}: {e}", "observer")
 
     def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
+        if _compiling():
+            self.compiled = True  # a compiled forward whose root hooks run outside the graph
         if self._device is not None and getattr(output, "device", None) != self._device:
             return
         record = self._pending

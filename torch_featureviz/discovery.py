@@ -46,6 +46,24 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``torch.compile`` wraps ``model`` or any module inside it, or compiled one in
+    place (``module.compile()``)."""
+    outer: Any = model
+    for _ in range(8):
+        if isinstance(getattr(outer, "_orig_mod", None), nn.Module):
+            return True
+        inner = getattr(outer, "module", None)
+        if not isinstance(outer, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            break
+        outer = inner
+    return any(
+        isinstance(getattr(m, "_orig_mod", None), nn.Module)
+        or getattr(m, "_compiled_call_impl", None) is not None
+        for m in unwrap_model(model).modules()
+    )
+
+
 #: The convolution classes discovery covers; their subclasses (timm's ``Conv2dSame`` and
 #: ``ScaledStdConv2d``, QAT convs, ...) are included.
 CONV_TYPES: tuple[type[nn.Module], ...] = (

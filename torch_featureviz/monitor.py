@@ -13,7 +13,7 @@ per optimisation step::
     monitor.close()
 
 It wires small parts together (see ``docs/architecture.md``): a
-:class:`~torch_featureviz.FeatureCapture` registered once and gated by its ``enabled`` flag, an
+:class:`~torch_featureviz.FeatureCapture` armed by its ``enabled`` flag around sampled forwards, an
 :class:`~torch_featureviz.statistics.ActivationStatistics` observer on it, a
 :class:`~torch_featureviz.schedule.CaptureSchedule`, and a
 :class:`~torch_featureviz.background.BackgroundWriter` feeding a
@@ -22,8 +22,10 @@ It wires small parts together (see ``docs/architecture.md``): a
 
 How it stays cheap:
 
-- On an unsampled step every hook returns at once and :meth:`FeatureMonitor.step` only counts:
-  no tensor work and no host synchronisation.
+- On an unsampled step the model runs without the monitor's hooks (they are added before a
+  sampled step's forward and removed after it; on a compiled model they stay, switched off, see
+  ``keep_hooks``) and :meth:`FeatureMonitor.step` only counts: no tensor work and no host
+  synchronisation.
 - On a sampled step the training thread only copies small, already selected tensors (one sample,
   ``max_channels`` channels per layer, the first ``max_filters`` filters, a few sums) and queues
   them. A background thread at a lower priority (nice +10 on Linux) renders, encodes and writes.
@@ -106,7 +108,7 @@ from torch_featureviz.capture import (
 )
 from torch_featureviz.channels import ChannelChooser
 from torch_featureviz.config import MonitorConfig
-from torch_featureviz.discovery import unwrap_model
+from torch_featureviz.discovery import is_compiled, unwrap_model
 from torch_featureviz.naming import layer_tag, make_tag
 from torch_featureviz.render import to_output_filters
 from torch_featureviz.schedule import CaptureSchedule
@@ -238,6 +240,7 @@ class FeatureMonitor:
         self._pid = os.getpid()
         self._probe_logged = False
         self._capture: FeatureCapture | None = None
+        self._warned_no_pass = False
         self._background: BackgroundWriter | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.probe: ModelInput | None = None
@@ -476,6 +479,23 @@ class FeatureMonitor:
         armed = (cfg.log_hook_maps or cfg.log_stats) and self.schedule.due(step)
         cap.enabled = armed
         self._armed_at = cap.passes if armed else None
+        # Hooks only around sampled forwards: a module with hooks takes PyTorch's slower call
+        # path even when they return at once. Kept (switched off) on a compiled model, whose
+        # graphs are traced with them, and until a training forward has been seen to run
+        # eagerly (one compiled later, while they were removed, would never see them).
+        if armed:
+            if not cap.attached:
+                cap.attach()
+        elif cap.attached and self._may_remove_hooks(cap):
+            cap.remove()
+
+    def _may_remove_hooks(self, cap: FeatureCapture) -> bool:
+        if self.config.keep_hooks or cap.compiled or not cap.ran_eagerly:
+            return False
+        if is_compiled(self.model):
+            cap.compiled = True  # and it stays so: no need to look again
+            return False
+        return True
 
     def _failed(self) -> bool:
         return self._background is None or self._background.error is not None
@@ -557,6 +577,21 @@ class FeatureMonitor:
             and last is not None
             and last.kind != "probe"
         )
+        empty = fresh and last is not None and not last.maps and not last.skipped
+        if armed and (empty or cap.passes == self._armed_at) and not self._warned_no_pass:
+            self._warned_no_pass = True
+            warnings.warn(
+                f"FeatureMonitor captured no conv output of {type(self.root).__name__} in the "
+                f"forward before step() of step {step}, a sampled step: its training-batch "
+                "maps and statistics are not logged (filters and probe maps are). Either no "
+                "forward ran with gradients enabled (record='grad', the default, leaves out "
+                "torch.no_grad() and inference_mode: pass record='all' to capture inference), "
+                "or the forward ran code compiled without the hooks (torch.compile applied "
+                "after the monitor's first steps: create the monitor right before "
+                "torch.compile, or pass keep_hooks=True). This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if fresh and last is not None:
             if cfg.log_hook_maps:
                 item.hook_maps = dict(last.maps)
