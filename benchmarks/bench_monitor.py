@@ -346,6 +346,7 @@ class _FeatureViz(_Subject):
         from torch_featureviz import FeatureMonitor
 
         self.charge_writer = charge_writer
+        self._had_hooks = True
         # start_step=1 for a monitor that never samples: it does not capture step 0 either.
         self.monitor = FeatureMonitor(
             trainer.model,

@@ -303,8 +303,9 @@ class FeatureCapture:
         )
         # The spatial rank of each conv (2 for Conv2d), read once: hooks run on every call.
         self._spatial = {n: len(getattr(m, "kernel_size", (0, 0))) for n, m in self.layers.items()}
-        #: When False the hooks return at once; toggle it instead of removing hooks (keeps
-        #: compiled graphs valid and makes unsampled steps free).
+        #: When False the hooks return at once: on a compiled model, toggle it instead of
+        #: removing hooks (keeps its graphs valid). On an eager model :meth:`remove` and
+        #: :meth:`attach` are cheaper still (no hook at all: PyTorch's fast call path).
         self.enabled = True
         #: Whether a forward of the model has run the hooks eagerly, or under
         #: ``torch.compile``'s tracing (set by the hooks; read by the monitor, which removes

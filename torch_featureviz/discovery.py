@@ -48,19 +48,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def is_compiled(model: nn.Module) -> bool:
     """Whether ``torch.compile`` wraps ``model`` or any module inside it, or compiled one in
-    place (``module.compile()``)."""
-    outer: Any = model
-    for _ in range(8):
-        if isinstance(getattr(outer, "_orig_mod", None), nn.Module):
-            return True
-        inner = getattr(outer, "module", None)
-        if not isinstance(outer, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            break
-        outer = inner
+    place (``module.compile()``). A wrapper is among its own ``modules()``, and so is a
+    compiled module inside DataParallel or DDP."""
     return any(
         isinstance(getattr(m, "_orig_mod", None), nn.Module)
         or getattr(m, "_compiled_call_impl", None) is not None
-        for m in unwrap_model(model).modules()
+        for m in model.modules()
     )
 
 
