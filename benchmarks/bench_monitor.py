@@ -330,7 +330,8 @@ class _Subject:
 
 
 class _FeatureViz(_Subject):
-    """torch_featureviz's ``FeatureMonitor`` with a probe, at its defaults otherwise.
+    """torch_featureviz's ``FeatureMonitor`` with a probe (``probe=False``: none), at its
+    defaults otherwise.
 
     ``charge_writer=True``: a capturing step waits for the background writer, so its writing is
     charged to it in full, as if done on the training thread (an upper bound). ``False``: the
@@ -340,7 +341,13 @@ class _FeatureViz(_Subject):
     name = "featureviz"
 
     def __init__(
-        self, trainer: _Trainer, log_dir: str, every: int, *, charge_writer: bool = True
+        self,
+        trainer: _Trainer,
+        log_dir: str,
+        every: int,
+        *,
+        charge_writer: bool = True,
+        probe: bool = True,
     ) -> None:
         super().__init__(trainer, log_dir, every)
         from torch_featureviz import FeatureMonitor
@@ -352,7 +359,7 @@ class _FeatureViz(_Subject):
             trainer.model,
             log_dir,
             every=every,
-            probe=trainer.w.probe(),
+            probe=trainer.w.probe() if probe else None,
             start_step=1 if every >= NEVER else 0,
         )
 
@@ -708,77 +715,20 @@ def run_throughput(
         for s in made:
             try:
                 # Never charged here: the writer's wait is timed on its own, after the step.
-                sub = _make(s, _Trainer(workload), f"{d}/{s}-c", 1, False)
-            except Exception as e:
-                errors[s] = f"{type(e).__name__}: {str(e).strip()[:200]}"
-                continue
-            try:
-                trainer = sub.trainer
-
-                def normal(trainer: _Trainer = trainer, sub: _Subject = sub) -> None:
-                    trainer.step(twin=not sub.toggles)  # the same model, its hooks off
-                    sub.baseline_step()
-
-                def unhook(sub: _Subject = sub) -> None:
-                    sub.settle()
-                    if sub.toggles:
-                        sub.detach()
-
-                def rehook(sub: _Subject = sub) -> None:
-                    if sub.toggles:
-                        sub.attach()
-
-                def capturing(trainer: _Trainer = trainer, sub: _Subject = sub) -> None:
-                    trainer.step(twin=False)
-                    sub.after_step()
-
-                waits: list[float] = []
-
-                def wait_for_writer(sub: _Subject = sub, waits: list[float] = waits) -> None:
-                    t0 = time.perf_counter()
-                    sub.settle()
-                    waits.append(time.perf_counter() - t0)
-
-                pair = [
-                    Variant("normal", normal, unhook, rehook),
-                    Variant("capture", capturing, sub.settle, wait_for_writer),
-                ]
-                for v in pair:
-                    for _ in range(2):
-                        v.setup()
-                        v.run()
-                        v.teardown()
-                t = interleave(
-                    pair,
-                    device=device,
-                    rounds=capture_samples,
-                    always=("normal", "capture"),
-                    gc_every=None,
+                capture[s] = _capturing_step(
+                    _make(s, _Trainer(workload), f"{d}/{s}-c", 1, False), device, capture_samples
                 )
-                ratios = [c / n for c, n in zip(t["capture"], t["normal"], strict=True)]
-                waits = waits[-len(ratios) :]  # the warm-up's waits are not timed steps
-                charged = [
-                    (c + w) / n
-                    for c, w, n in zip(t["capture"], waits, t["normal"], strict=True)
-                ]
-                capture[s] = {
-                    "writer_ms_per_capture": round(statistics.median(waits) * 1000, 3),
-                    "capture_step_with_writer_vs_normal": round(statistics.median(charged), 4),
-                    "capture_step_ms": round(statistics.median(t["capture"]) * 1000, 3),
-                    "normal_step_ms": round(statistics.median(t["normal"]) * 1000, 3),
-                    "capture_step_vs_normal": round(statistics.median(ratios), 4),
-                    "capture_step_vs_normal_quartiles": [
-                        round(q, 4) for q in statistics.quantiles(ratios, n=4)
+                if s == "featureviz":  # the same without a probe: what the probe pass costs
+                    no_probe = _FeatureViz(_Trainer(workload), f"{d}/{s}-n", 1, probe=False)
+                    alone = _capturing_step(no_probe, device, capture_samples)
+                    capture[s]["capture_step_no_probe_vs_normal"] = alone["capture_step_vs_normal"]
+                    capture[s]["capture_step_no_probe_vs_normal_quartiles"] = alone[
+                        "capture_step_vs_normal_quartiles"
                     ]
-                    if len(ratios) > 1
-                    else [ratios[0]] * 3,
-                }
             except Exception as e:
                 if s == "featureviz":
                     raise
                 errors[s] = f"{type(e).__name__}: {str(e).strip()[:200]}"
-            finally:
-                sub.close()
         extras = {s: {lb: sub.close() for lb, sub in subs.items()} for s, subs in made.items()}
         _finish_wandb()  # before its temporary directory goes
 
@@ -831,6 +781,70 @@ def run_throughput(
         "dropped": {label: extras["featureviz"][label].get("dropped") for label in labels},
         "peers": peers_out,
         "peer_errors": errors,
+    }
+
+
+def _capturing_step(sub: _Subject, device: str, samples: int) -> dict[str, Any]:
+    """A monitor capturing every step against the same model's normal step, in adjacent pairs.
+
+    The normal step is the same model with the subject's hooks taken off (untimed), or its twin
+    for a subject that cannot take them off. The writer settles (untimed) before each step, as
+    between sparse captures; its wait after a capturing step is timed on its own. Ratios are
+    medians over pairs. Closes ``sub``.
+    """
+    try:
+        trainer = sub.trainer
+
+        def normal() -> None:
+            trainer.step(twin=not sub.toggles)  # the same model, its hooks off
+            sub.baseline_step()
+
+        def unhook() -> None:
+            sub.settle()
+            if sub.toggles:
+                sub.detach()
+
+        def rehook() -> None:
+            if sub.toggles:
+                sub.attach()
+
+        def capturing() -> None:
+            trainer.step(twin=False)
+            sub.after_step()
+
+        waits: list[float] = []
+
+        def wait_for_writer() -> None:
+            t0 = time.perf_counter()
+            sub.settle()
+            waits.append(time.perf_counter() - t0)
+
+        pair = [
+            Variant("normal", normal, unhook, rehook),
+            Variant("capture", capturing, sub.settle, wait_for_writer),
+        ]
+        for v in pair:
+            for _ in range(2):
+                v.setup()
+                v.run()
+                v.teardown()
+        t = interleave(
+            pair, device=device, rounds=samples, always=("normal", "capture"), gc_every=None
+        )
+    finally:
+        sub.close()
+    ratios = [c / n for c, n in zip(t["capture"], t["normal"], strict=True)]
+    waits = waits[-len(ratios) :]  # the warm-up's waits are not timed steps
+    charged = [(c + w) / n for c, w, n in zip(t["capture"], waits, t["normal"], strict=True)]
+    return {
+        "writer_ms_per_capture": round(statistics.median(waits) * 1000, 3),
+        "capture_step_with_writer_vs_normal": round(statistics.median(charged), 4),
+        "capture_step_ms": round(statistics.median(t["capture"]) * 1000, 3),
+        "normal_step_ms": round(statistics.median(t["normal"]) * 1000, 3),
+        "capture_step_vs_normal": round(statistics.median(ratios), 4),
+        "capture_step_vs_normal_quartiles": [round(q, 4) for q in statistics.quantiles(ratios, n=4)]
+        if len(ratios) > 1
+        else [ratios[0]] * 3,
     }
 
 
@@ -1096,6 +1110,12 @@ def format_table(result: dict[str, Any]) -> str:
             for k in LABELS
         ]
         lines.append("| torch_featureviz FeatureMonitor | " + " | ".join(row) + " |")
+        if "capture_step_no_probe_vs_normal" in run:
+            lines.append(
+                "| the same without a probe (its capturing step) | | | "
+                f"{run['capture_step_no_probe_vs_normal']:.4f} (quartiles "
+                f"{run['capture_step_no_probe_vs_normal_quartiles']}) | |"
+            )
         if "throughput_control_vs_none" in run:
             se = run.get("ratio_stderr", {})
 

@@ -593,11 +593,12 @@ def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsy
         run["capture_step_ms"],
         run["normal_step_ms"],
         run["writer_ms_per_capture"],
+        run["capture_step_no_probe_vs_normal"],
         *(run[k] for k in result["targets"]),
         *(x for ratios in run["block_ratios"].values() for x in ratios),
     ]
     figures.append(run["throughput_control_vs_none"])  # the A/A control
-    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 3 + 3 + 3 * 2 + 1
+    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 4 + 3 + 3 * 2 + 1
     assert all(math.isfinite(x) and x > 0 for x in figures), figures
     # Two periods in a quick run: their ratios can agree to the 4 decimals kept, so 0 is a
     # reading too.
@@ -605,7 +606,7 @@ def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsy
     assert all(math.isfinite(x) and x >= 0 for x in errors), errors
     # The writer's wait is added to the same steps: never below the training thread's figure.
     assert run["capture_step_with_writer_vs_normal"] >= run["capture_step_vs_normal"]
-    assert "the writer's work" in printed
+    assert "the writer's work" in printed and "without a probe" in printed
     for key in result["targets"]:
         assert key in printed
     assert result["soak"]["threads_after"] == result["soak"]["threads_before"]

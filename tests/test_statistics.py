@@ -82,6 +82,46 @@ def test_statistics_equal_the_activation_they_describe() -> None:
         torch.testing.assert_close(sums[key].peak, act.amax(dim=(0, 2, 3)))
 
 
+@pytest.mark.parametrize(
+    "conv, shape, channels_last",
+    [
+        (nn.Conv2d(3, 5, 3, padding=1), (4, 3, 9, 7), False),
+        (nn.Conv2d(3, 5, 3, padding=1), (4, 3, 9, 7), True),  # a strided reduction
+        (nn.Conv2d(3, 5, 3, padding=1), (3, 9, 7), False),  # an unbatched call
+        (nn.Conv1d(3, 5, 3), (4, 3, 11), False),
+        (nn.Conv3d(3, 5, 3), (2, 3, 5, 6, 7), False),
+        (nn.ConvTranspose2d(3, 5, 3, stride=2), (4, 3, 5, 5), False),
+        (nn.Conv2d(3, 5, 1), (4, 3, 1, 1), False),  # (C, 1, 1) outputs (an SE block's)
+    ],
+)
+def test_every_statistic_matches_torch_on_any_layout(
+    conv: nn.Module, shape: tuple[int, ...], channels_last: bool
+) -> None:
+    """Channel maxima (reduced per sample first on contiguous outputs), sums and near-zero
+    counts equal torch's own reductions, whatever the conv rank, layout or batching."""
+    torch.manual_seed(0)
+    model = nn.Sequential(conv)  # no activation: the conv output is described
+    x = torch.randn(shape)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    stats = ActivationStatistics(near_zero=0.05)
+    with FeatureCapture(model, observers=[stats]):
+        out = model(x).detach()
+    assert stats.published is not None
+    layer = stats.published[1]["0"]
+    batched = out.dim() == len(conv.kernel_size) + 2
+    assert out.is_contiguous() != channels_last
+    dims = (0, *range(2, out.dim())) if batched else tuple(range(1, out.dim()))
+    torch.testing.assert_close(layer.peak, out.amax(dim=dims))
+    mean, std, near = finish_stats(layer)
+    assert mean == pytest.approx(out.mean().item(), rel=1e-4, abs=1e-6)
+    assert std == pytest.approx(out.std().item(), rel=1e-4)
+    one = out[0] if batched else out
+    assert near == pytest.approx((one.abs() <= 0.05).float().mean().item())
+    assert (layer.numel, layer.sample_numel) == (out.numel(), one.numel())
+
+
 def test_shared_relu_and_residual_convs() -> None:
     """torchvision's BasicBlock calls one ReLU twice: after bn1, and after the residual sum."""
     model = torchvision.models.resnet18()

@@ -114,8 +114,14 @@ def start_host_copies(item: CaptureItem) -> None:
     item.hook_maps = {k: move(v) for k, v in item.hook_maps.items()}
     item.probe_maps = {k: move(v) for k, v in item.probe_maps.items()}
     item.filters = {k: move(v, copy=True) for k, v in item.filters.items()}
+
+    def move_sums(sums: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if sums[0].device.type == "cpu":
+            return sums
+        return move(torch.stack(sums)).unbind()  # one copy to the host, not three
+
     item.stats = {
-        k: LayerSums(move(s.sums), move(s.peak), s.numel, s.sample_numel)
+        k: LayerSums(move_sums(s.sums), move(s.peak), s.numel, s.sample_numel)
         for k, s in item.stats.items()
     }
     if item.probe_image is not None:

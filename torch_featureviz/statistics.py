@@ -37,8 +37,9 @@ STAT_NAMES = ("mean", "std", "near_zero", "dead_channels")
 class LayerSums:
     """A hook's reductions of one conv output, still on its device."""
 
-    #: ``tensor([sum, sum of squares, near-zero count in the shown sample])``, float32.
-    sums: torch.Tensor
+    #: ``(sum, sum of squares, near-zero count in the shown sample)``: 0-dim float32 tensors
+    #: (not stacked into one: ``torch.stack`` of three scalars costs the hook as much as a sum).
+    sums: tuple[torch.Tensor, ...]
     #: Each channel's maximum over the batch and positions, ``(C,)``.
     peak: torch.Tensor
     #: Elements in the output, and in the shown sample.
@@ -182,7 +183,7 @@ class ActivationStatistics(PassObserver):
         else:  # an unbatched conv call: (C, *spatial)
             dims = tuple(range(1, x.dim()))
             one = x
-        peak = x.amax(dim=dims) if dims else x.reshape(x.shape[0], -1).amax(dim=1)
+        peak = _channel_max(x, dims)
         # Near-zero values are counted in the shown sample (every channel): a comparison
         # needs a temporary, and one sample keeps it small.
         # The comparison writes into abs()'s own temporary: a float count, no cast.
@@ -192,7 +193,7 @@ class ActivationStatistics(PassObserver):
             squares = torch.dot(flat, flat)  # one BLAS pass; about half vector_norm's time
         else:  # channels_last (a view would copy) or too long for BLAS
             squares = torch.linalg.vector_norm(x).square()
-        sums = torch.stack([x.sum(), squares, near])
+        sums = (x.sum(), squares, near)
         target[key] = LayerSums(sums, peak, x.numel(), one.numel())
         self.source[key] = source
 
@@ -202,6 +203,25 @@ class ActivationStatistics(PassObserver):
         self._alive.clear()
         if complete and pending is not None:
             self.published = (record.index, pending)
+
+
+def _channel_max(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Each channel's maximum, ``(C,)``, of a batched ``(N, C, *spatial)`` output (``dims`` is
+    every dim but 1) or an unbatched ``(C, *spatial)`` one (every dim but 0).
+
+    On a contiguous tensor, first over each sample's positions (contiguous rows) and then over
+    the batch: one strided reduction over ``(0, 2, 3)`` reads memory in an order that costs
+    3-6x as much on CPU once the tensor outgrows the cache (1.4 ms instead of 0.13-0.23 ms for
+    resnet50's (4, 256, 56, 56) at 224 px). A channels_last tensor's positions are not
+    contiguous rows, and its strided reduction is already the fast one.
+    """
+    if not dims:  # (C,): an unbatched call of a conv with no spatial dims
+        return x.reshape(x.shape[0], -1).amax(dim=1)
+    if x.is_contiguous() and x.dim() >= 2 + (dims[0] == 0):
+        if dims[0] == 0:
+            return x.flatten(2).amax(dim=2).amax(dim=0)
+        return x.flatten(1).amax(dim=1)
+    return x.amax(dim=dims)
 
 
 def _version(tensor: torch.Tensor) -> int:
@@ -214,7 +234,7 @@ def _version(tensor: torch.Tensor) -> int:
 
 def finish_stats(layer: LayerSums) -> tuple[float, float, float]:
     """Mean, std (Bessel-corrected) and near-zero fraction from a hook's float32 sums."""
-    total, squares, near = (float(v) for v in layer.sums.tolist())
+    total, squares, near = (float(v) for v in layer.sums)
     n = max(layer.numel, 1)
     mean = total / n
     var = max(squares / n - mean * mean, 0.0) * (n / max(n - 1, 1))
