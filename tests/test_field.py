@@ -604,3 +604,98 @@ def _fd_target(fd: str) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return ""
+
+
+# -- 9. everything a timm train.py loop does, at once ----------------------------------------------
+def _timm_style_run(log_dir: Path | None, steps: int = 12) -> tuple[list[float], dict[str, Any]]:
+    """A training loop written the way timm's train.py writes it: channels_last, bf16 autocast,
+    gradient accumulation over 2 micro-batches, AdamW with clipping and a cosine schedule, a
+    ModelEmaV3 copy, inference_mode validation of the model and of the EMA every 4 steps, and a
+    checkpoint (state dicts and the whole pickled model) every 6 steps. Returns the losses and
+    the final state; with ``log_dir`` a FeatureMonitor (a probe, every=3) rides along."""
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_b0", num_classes=4, drop_path_rate=0.1)
+    model = model.to(memory_format=torch.channels_last).train()
+    g = torch.Generator().manual_seed(1)
+    data = [
+        (torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 4, (4,), generator=g))
+        for _ in range(2 * steps)
+    ]
+    val = torch.randn(4, 3, 32, 32, generator=g)
+    monitor = None
+    if log_dir is not None:
+        probe = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+        monitor = FeatureMonitor(model, log_dir, every=3, probe=probe, on_full="block")
+    ema = timm.utils.ModelEmaV3(model, decay=0.9)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    losses: list[float] = []
+    for step in range(steps):
+        for micro in range(2):
+            x, y = data[2 * step + micro]
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = nn.functional.cross_entropy(model(x), y) / 2
+            loss.backward()
+            losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        ema.update(model, step=step)
+        if monitor is not None:
+            monitor.step()
+        if step % 4 == 3:
+            model.eval()
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                losses.append(model(val).float().sum().item())
+                losses.append(ema.module(val).float().sum().item())
+            model.train()
+        if step % 6 == 5 and log_dir is not None:
+            torch.save(
+                {"model": model.state_dict(), "ema": ema.module.state_dict(),
+                 "opt": opt.state_dict()},
+                log_dir / "checkpoint.pth",
+            )  # fmt: skip
+            torch.save(model, log_dir / "model.pth")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state.update({f"ema.{k}": v.clone() for k, v in ema.module.state_dict().items()})
+    if monitor is not None:
+        monitor.close()
+        assert (monitor.captured, monitor.dropped) == (4, 0)  # steps 0, 3, 6, 9
+        assert hook_count(model) == 0
+        # The EMA was copied while the hooks were on (step 0 is sampled): its copies are inert.
+        assert hook_count(ema.module) > 0 and _only_inert_hooks(ema.module)
+    return losses, state
+
+
+def _only_inert_hooks(model: nn.Module) -> bool:
+    return all(
+        h == None.__init__  # a new method-wrapper object at each lookup
+        for m in model.modules()
+        for hooks in (m._forward_hooks, m._forward_pre_hooks)
+        for h in hooks.values()
+    )
+
+
+@pytest.mark.slow
+def test_a_timm_train_py_loop_is_unchanged_bit_for_bit(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the monitor has nothing to warn about in this loop
+        monitored, state = _timm_style_run(tmp_path)
+    plain, plain_state = _timm_style_run(None)
+    assert monitored == plain  # every loss and validation output, bit for bit
+    assert state.keys() == plain_state.keys()
+    for k, v in state.items():
+        assert torch.equal(v, plain_state[k]), k
+    events = read_events(tmp_path)
+    tags = events.Tags()
+    steps = [e.step for e in events.Images("feature_maps/hook/conv_stem")]
+    assert steps == [0, 3, 6, 9]  # validation (inference_mode) and the EMA never logged
+    assert [e.step for e in events.Images("feature_maps/probe/conv_stem")] == [0, 3, 6, 9]
+    assert [e.step for e in events.Scalars("activations/conv_stem/dead_channels")] == [0, 3, 6, 9]
+    assert "filters/blocks.0.0.conv_dw" in tags["images"]
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert set(ckpt["model"]) == {k for k in state if not k.startswith("ema.")}
+    whole = torch.load(tmp_path / "model.pth", weights_only=False)  # saved while armed
+    assert hook_count(whole) > 0 and _only_inert_hooks(whole)
