@@ -719,9 +719,7 @@ def run_throughput(
                     _make(s, _Trainer(workload), f"{d}/{s}-c", 1, False), device, capture_samples
                 )
                 if s == "featureviz":  # the same without a probe: what the probe pass costs
-                    no_probe = _FeatureViz(
-                        _Trainer(workload), f"{d}/{s}-n", 1, probe=False
-                    )
+                    no_probe = _FeatureViz(_Trainer(workload), f"{d}/{s}-n", 1, probe=False)
                     alone = _capturing_step(no_probe, device, capture_samples)
                     capture[s]["capture_step_no_probe_vs_normal"] = alone["capture_step_vs_normal"]
                     capture[s]["capture_step_no_probe_vs_normal_quartiles"] = alone[

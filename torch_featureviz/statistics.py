@@ -217,10 +217,11 @@ def _channel_max(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """
     if not dims:  # (C,): an unbatched call of a conv with no spatial dims
         return x.reshape(x.shape[0], -1).amax(dim=1)
-    if x.is_contiguous() and x.dim() >= 2 + (dims[0] == 0):
-        if dims[0] == 0:
+    if x.is_contiguous():
+        if dims[0] == 1:  # unbatched: each channel's positions are one contiguous row
+            return x.flatten(1).amax(dim=1)
+        if x.dim() >= 3:  # batched, with positions to reduce per sample
             return x.flatten(2).amax(dim=2).amax(dim=0)
-        return x.flatten(1).amax(dim=1)
     return x.amax(dim=dims)
 
 
