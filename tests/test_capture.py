@@ -8,6 +8,7 @@ from torch import nn
 
 from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot, tiny_net
 from torch_featureviz import FeatureCapture, capture_feature_maps, find_conv_layers
+from torch_featureviz.capture import PassObserver
 
 
 @pytest.mark.slow
@@ -329,6 +330,38 @@ def test_probe_pass_restores_rng_for_models_that_sample_in_eval():
     rng = torch.get_rng_state()
     capture_feature_maps(model, probe)
     assert torch.equal(rng, torch.get_rng_state())
+
+
+class _SeenPasses(PassObserver):
+    def __init__(self, probes: bool) -> None:
+        self.observes_probes = probes
+        self.kinds: list[str] = []
+        self.outputs = 0
+        self.modules = 0
+
+    def start(self, record):
+        self.kinds.append(record.kind)
+
+    def output(self, record, key, module, output):
+        self.outputs += 1
+
+    def watch(self, root):
+        return {"1": root[1]}  # the ReLU after the conv
+
+    def module_output(self, record, name, module, args, output):
+        self.modules += 1
+
+
+def test_observers_that_ignore_probe_passes_are_never_called_in_them():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    every, training_only = _SeenPasses(True), _SeenPasses(False)
+    cap = FeatureCapture(model, observers=[every, training_only])
+    with cap:
+        model(torch.randn(1, 3, 8, 8))
+        cap.probe(torch.randn(1, 3, 8, 8))
+    assert (every.kinds, every.outputs, every.modules) == (["root", "probe"], 2, 2)
+    assert (training_only.kinds, training_only.outputs, training_only.modules) == (["root"], 1, 1)
+    assert "probe" in cap.last.kind  # the probe pass itself is still captured
 
 
 def test_hooks_work_where_fx_tracing_breaks():

@@ -109,23 +109,34 @@ class MapBudget:
         self.max_side = max_side
         self.native: dict[str, int] = {}
         self._caps: dict[str, int] | None = None
+        # (key, shape) -> cap, while the shares stay as they are: every captured conv call
+        # asks, and from the first complete pass on the answer no longer changes.
+        self._answers: dict[tuple[str, tuple[int, ...]], int | None] = {}
 
     def __call__(self, key: str, shape: tuple[int, ...]) -> int | None:
+        known = self._answers.get((key, shape), -1)
+        if known != -1:
+            return known
         side = grid_side_cap(shape, self.max_side)
         if self.budget is None:
-            return side
-        size = map_pixels(shape)
-        if self.native.get(key) != size:
-            self.native[key] = size
-            self._caps = None
-        if self._caps is None and len(self.native) >= self.layers:
-            self._caps = water_fill(self.native, self.budget)
-        cap = (
-            self._caps[key]
-            if self._caps is not None and key in self._caps
-            else self.budget // max(self.layers, len(self.native))
-        )
-        return cap if side is None else min(cap, side)
+            cap: int | None = side
+        else:
+            size = map_pixels(shape)
+            if self.native.get(key) != size:
+                self.native[key] = size
+                self._caps = None
+                self._answers.clear()
+            if self._caps is None and len(self.native) >= self.layers:
+                self._caps = water_fill(self.native, self.budget)
+                self._answers.clear()
+            share = (
+                self._caps[key]
+                if self._caps is not None and key in self._caps
+                else self.budget // max(self.layers, len(self.native))
+            )
+            cap = share if side is None else min(share, side)
+        self._answers[(key, shape)] = cap
+        return cap
 
 
 def filter_pixels(module: torch.nn.Module, max_filters: int | None, min_tile: int) -> int:

@@ -123,7 +123,7 @@ class _ModuleHook(_Hook):
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         cap = self.capture
-        if cap.enabled and cap._pending is not None:
+        if cap.enabled and cap._pending is not None and self.observer in cap._observing:
             cap._on_module_output(self.observer, self.name, module, args, output)
 
 
@@ -181,6 +181,11 @@ class PassObserver:
     tensor ops, with no host sync. An exception they raise is caught, the call is recorded in
     :attr:`PassRecord.skipped` and a warning is issued once; it never reaches the user's code.
     """
+
+    #: Whether probe passes (:meth:`FeatureCapture.probe`) reach this observer at all. An
+    #: observer that ignores them says so, and its methods and watched modules' hooks then
+    #: cost a probe pass nothing.
+    observes_probes: bool = True
 
     def start(self, record: PassRecord) -> None:
         """A pass opened."""
@@ -320,6 +325,7 @@ class FeatureCapture:
         self.skipped_calls = 0
         self._handles: dict[str, RemovableHandle] = {}
         self._pending: PassRecord | None = None
+        self._observing: list[PassObserver] = []  # the observers of the pending pass
         self._in_root = False  # a root forward is running (recorded or not)
         self._probing = False  # inside probe(): record the root pass whatever `record` says
         self._next_index = 0
@@ -430,7 +436,12 @@ class FeatureCapture:
         record = PassRecord(kind=kind, index=self._next_index, opener=opener)
         self._next_index += 1
         self._pending = record
-        for obs in self.observers:
+        self._observing = (
+            [obs for obs in self.observers if obs.observes_probes]
+            if kind == "probe"
+            else list(self.observers)
+        )
+        for obs in self._observing:
             try:
                 obs.start(record)
             except Exception as e:  # noqa: BLE001 - never into the user's forward
@@ -472,7 +483,8 @@ class FeatureCapture:
             self._finish(record, complete=False)
 
     def _finish(self, record: PassRecord, *, complete: bool) -> None:
-        for obs in self.observers:
+        observing, self._observing = self._observing, []
+        for obs in observing:
             try:
                 obs.end(record, complete)
             except Exception as e:  # noqa: BLE001
@@ -500,7 +512,7 @@ class FeatureCapture:
             if kept is not None:
                 record.maps[key] = kept
             if isinstance(output, torch.Tensor):
-                for obs in self.observers:
+                for obs in self._observing:
                     obs.output(record, key, module, output)
         except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
             self._note(record, key, f"{type(e).__name__}: {e}", type(e).__name__)
@@ -547,7 +559,7 @@ class FeatureCapture:
                 reason = f"the batch of {out.shape[0]} has no sample {self.sample}"
                 self._note(record, key, reason, "batch")
                 return None
-            out = out[self.sample]
+            out = out.select(0, self.sample)
         elif dims != spatial + 1:  # an unbatched conv call gives (C, *spatial)
             self._note(record, key, f"unexpected output shape {tuple(out.shape)}", "shape")
             return None
@@ -557,10 +569,11 @@ class FeatureCapture:
         if chosen is not None and chosen.device == out.device and chosen.numel():
             out = out.index_select(0, chosen)
         elif self.max_channels is not None and out.shape[0] > self.max_channels:
-            out = out[: self.max_channels]
+            out = out.narrow(0, 0, self.max_channels)
         factor = 1
         if self.pixel_cap is not None:
-            factor = pool_factor(tuple(out.shape), self.pixel_cap(key, tuple(out.shape)))
+            shape = tuple(out.shape)
+            factor = pool_factor(shape, self.pixel_cap(key, shape))
         # Always a copy: the conv output may be overwritten in place after the hook returns.
         # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
         if _is_compiling():

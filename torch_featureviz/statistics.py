@@ -68,6 +68,14 @@ def _is_norm_act(module: nn.Module) -> bool:
     return isinstance(module, NORMS) and isinstance(act, ACTIVATIONS)
 
 
+def _kind(module: nn.Module) -> tuple[bool, bool, str]:
+    """How the flow from a conv meets ``module``: whether it passes through it (a plain
+    norm), whether the module works in place, and the statistics' source label otherwise."""
+    passes_through = isinstance(module, NORMS) and not _is_norm_act(module)
+    label = f"{type(getattr(module, 'act', module)).__name__} after the conv"
+    return passes_through, bool(getattr(module, "inplace", False)), label
+
+
 class ActivationStatistics(PassObserver):
     """Reduce what every captured conv of a training pass computes to :class:`LayerSums`.
 
@@ -107,13 +115,21 @@ class ActivationStatistics(PassObserver):
         self._flow: dict[int, tuple[str, int]] = {}
         self._alive: list[torch.Tensor] = []  # keeps those ids valid until the pass ends
         self._followed: set[str] = set()  # conv keys whose activation was found
-        self._convs: dict[str, nn.Module] = {}  # conv key -> its module (for the spatial rank)
+        self._spatial: dict[str, int] = {}  # conv key -> its spatial rank (2 for a Conv2d)
+        # watched module name -> (a norm the flow passes through, in place, the source label);
+        # read from each module once, when the hooks are registered
+        self._kinds: dict[str, tuple[bool, bool, str]] = {}
+
+    #: Probe passes are not training passes: their statistics would describe the probe.
+    observes_probes = False
 
     def watch(self, root: nn.Module) -> dict[str, nn.Module]:
         if not self.after_activation:
             return {}
         kinds = (*ACTIVATIONS, *NORMS)
-        return {n: m for n, m in root.named_modules() if isinstance(m, kinds)}
+        watched = {n: m for n, m in root.named_modules() if isinstance(m, kinds)}
+        self._kinds = {n: _kind(m) for n, m in watched.items()}
+        return watched
 
     def start(self, record: PassRecord) -> None:
         self._pending = {} if self.enabled and record.kind != "probe" else None
@@ -124,38 +140,44 @@ class ActivationStatistics(PassObserver):
         target = self._pending
         if target is None:
             return
+        spatial = self._spatial.get(key)
+        if spatial is None:
+            spatial = self._spatial[key] = len(getattr(module, "kernel_size", (0, 0)))
         if self.after_activation and not _compiling():
             self._follow(output, key)
-            self._convs[key] = module
             if key in self._followed:
                 return  # its activation will be reduced instead
-        self._reduce(target, key, module, output, "conv output")
+        self._reduce(target, key, spatial, output, "conv output")
 
     def module_output(
         self, record: PassRecord, name: str, module: nn.Module, args: Any, output: Any
     ) -> None:
+        # Runs for every norm and activation of a captured pass: the common case (a tensor
+        # this pass did not follow) returns after one dict lookup.
         target = self._pending
-        if target is None or not args or _compiling():
+        if target is None or not args:
             return
         x = args[0]
         seen = self._flow.get(id(x))
-        if seen is None or not isinstance(output, torch.Tensor):
+        if seen is None or not isinstance(output, torch.Tensor) or _compiling():
             return
         source, version = seen
+        kind = self._kinds.get(name)
+        if kind is None:  # a module watched through another root
+            kind = self._kinds[name] = _kind(module)
+        passes_through, inplace, label = kind
         # The tensor must reach this module unmodified: an in-place `out += identity` between
         # bn2 and the ReLU (torchvision's BasicBlock) keeps the object but changes its values.
         # An in-place activation itself bumps the version once.
-        expected = version + (1 if getattr(module, "inplace", False) and output is x else 0)
+        expected = version + 1 if inplace and output is x else version
         if _version(x) != expected:
             return
-        if isinstance(module, NORMS) and not _is_norm_act(module):
+        if passes_through:
             self._follow(output, source)  # conv -> norm -> (activation)
             return
-        conv = self._convs.get(source)
-        del self._flow[id(args[0])]  # only the first activation after the conv counts
+        del self._flow[id(x)]  # only the first activation after the conv counts
         self._followed.add(source)
-        kind = type(getattr(module, "act", module)).__name__
-        self._reduce(target, source, conv or module, output, f"{kind} after the conv")
+        self._reduce(target, source, self._spatial[source], output, label)
 
     def _follow(self, tensor: torch.Tensor, key: str) -> None:
         version = _version(tensor)
@@ -167,19 +189,21 @@ class ActivationStatistics(PassObserver):
         self,
         target: dict[str, LayerSums],
         key: str,
-        module: nn.Module,
+        spatial: int,
         output: torch.Tensor,
         source: str,
     ) -> None:
-        if output.numel() == 0:
+        numel = output.numel()
+        if numel == 0:
             return
-        spatial = len(getattr(module, "kernel_size", (0, 0)))
         # Reductions only, and as few ops as possible (each costs the training thread a few
         # microseconds of dispatch): float32, so bf16 and fp16 activations work.
-        x = output.detach().float()
+        x = output.detach() if output.requires_grad else output
+        if x.dtype != torch.float32:
+            x = x.float()
         if x.dim() == spatial + 2:
             dims = (0, *range(2, x.dim()))
-            one = x[min(self.sample, x.shape[0] - 1)]
+            one = x.select(0, min(self.sample, x.shape[0] - 1))
         else:  # an unbatched conv call: (C, *spatial)
             dims = tuple(range(1, x.dim()))
             one = x
@@ -188,13 +212,12 @@ class ActivationStatistics(PassObserver):
         # needs a temporary, and one sample keeps it small.
         # The comparison writes into abs()'s own temporary: a float count, no cast.
         near = one.abs().le_(self.near_zero).sum()
-        if x.is_contiguous() and x.numel() < 2**31:
+        if numel < 2**31 and x.is_contiguous():
             flat = x.view(-1)
             squares = torch.dot(flat, flat)  # one BLAS pass; about half vector_norm's time
         else:  # channels_last (a view would copy) or too long for BLAS
             squares = torch.linalg.vector_norm(x).square()
-        sums = (x.sum(), squares, near)
-        target[key] = LayerSums(sums, peak, x.numel(), one.numel())
+        target[key] = LayerSums((x.sum(), squares, near), peak, numel, one.numel())
         self.source[key] = source
 
     def end(self, record: PassRecord, complete: bool) -> None:
