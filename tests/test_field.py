@@ -373,17 +373,16 @@ def test_keyboard_interrupt_in_forward_and_in_step(tmp_path: Path) -> None:
             model(torch.randn(2, 3, 8, 8))  # step 0, interrupted mid-forward
         model(torch.randn(2, 3, 8, 8)).sum().backward()
         assert monitor.step()  # step 0 still logs the complete pass after the interrupt
-        monitor.step()  # step 1
         model(torch.randn(2, 3, 8, 8)).sum().backward()
-        trap.armed = True  # the probe pass inside step() is interrupted
+        trap.armed = True  # step 1's step() runs step 2's probe pass: it is interrupted
         with pytest.raises(KeyboardInterrupt):
-            monitor.step()  # step 2
-        for _ in range(2):  # steps 3 and 4: 4 is sampled and logs normally
+            monitor.step()  # step 1
+        for _ in range(3):  # steps 2 to 4: 2 runs its probe pass at its own step()
             model(torch.randn(2, 3, 8, 8)).sum().backward()
             monitor.step()
     ea = read_events(tmp_path)
-    assert [e.step for e in ea.Images("feature_maps/hook/0")] == [0, 4]
-    assert [e.step for e in ea.Images("feature_maps/probe/0")] == [0, 4]
+    assert [e.step for e in ea.Images("feature_maps/hook/0")] == [0, 2, 4]
+    assert [e.step for e in ea.Images("feature_maps/probe/0")] == [0, 2, 4]
 
 
 # -- 10. lifetime -------------------------------------------------------------------------------

@@ -108,6 +108,18 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
             out[name] = _train(model, os.path.join(root, name), _probe() if probe else None)
             dist.barrier()  # still in step after close()
             out[name]["barrier_after_close"] = True
+    # FSDP1 whose first watched conv lives in a unit below the root (the stem is wrapped on
+    # its own): the monitor reads step 0's filters at construction, before the first forward,
+    # and FSDP1 must still initialise from its root.
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    inner_first = FullyShardedDataParallel(
+        tiny_net(), device_id=torch.device("cpu"),
+        auto_wrap_policy=ModuleWrapPolicy({Block, nn.Sequential}),
+    )
+    out["fsdp1-stem-unit"] = _train(inner_first, os.path.join(root, "fsdp1-stem-unit"), None)
+    dist.barrier()
     # Every rank writing (rank_zero_only=False): each keeps the gathered filters.
     out["every-rank"] = _train(
         _shard(tiny_net(), "fsdp2"), os.path.join(root, "every-rank"), _probe(),
@@ -203,6 +215,20 @@ def test_sharded_grids_equal_the_unsharded_run_pixel_for_pixel(
         got_s, want_s = got_ea.Scalars(tag), want_ea.Scalars(tag)
         assert [e.step for e in got_s] == [e.step for e in want_s], tag
         assert [e.value for e in got_s] == pytest.approx([e.value for e in want_s], abs=1e-6), tag
+
+
+@pytest.mark.slow
+def test_fsdp1_read_before_the_first_forward_initialises_from_the_root(
+    fsdp_run: tuple[Path, list[dict]], unsharded: dict[bool, Path]
+) -> None:
+    root, (r0, r1) = fsdp_run
+    a, b = r0["fsdp1-stem-unit"], r1["fsdp1-stem-unit"]
+    assert a["returned"] == b["returned"] == [True, False, True, False, True]
+    assert (a["captured"], a["dropped"]) == (3, 0)
+    got, want = _images(root / "fsdp1-stem-unit"), _images(unsharded[False])
+    assert got.keys() == want.keys()
+    for key, image in want.items():
+        assert torch.equal(got[key], image), f"{key} differs from the unsharded run"
 
 
 @pytest.mark.slow

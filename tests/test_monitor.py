@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import importlib.util
 import io
@@ -262,27 +263,46 @@ def test_outputs_are_unchanged_by_a_capture(tmp_path: Path) -> None:
 
 
 # -- what is captured ----------------------------------------------------------------------
-def test_hook_maps_are_the_training_batch_and_filters_the_updated_weights(tmp_path: Path) -> None:
+def test_a_capture_shows_the_weights_its_forward_ran_with(tmp_path: Path) -> None:
+    """Training-batch maps, filters and probe maps of a step all come from the weights that
+    step's forward used: step 0 shows the initial weights, step 1 those after one update
+    (read at step 0's step(), before step 1's forward), and later in-place updates never
+    reach what was read."""
     model = tiny_net()
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 3, 16, 16, generator=g)
+    probe = torch.randn(3, 3, 16, 16, generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    weights, hook, probed = [], [], []
     with FeatureMonitor(
-        model, tmp_path, every=1, on_full="block", sample=2, max_channels=5
+        model, tmp_path, every=1, on_full="block", sample=2, max_channels=5, probe=probe
     ) as monitor:
-        expected = model.stem[0](x)[2, :5].detach().clone()
-        model(x).square().mean().backward()
-        opt.step()
-        weights = model.stem[0].weight.detach().clone()
-        monitor.step()
-        opt.step()  # the in-place update must not reach what was queued
+        for _ in range(2):
+            with torch.no_grad():
+                weights.append(model.stem[0].weight.detach().clone())
+                hook.append(model.stem[0](x)[2, :5].clone())
+                probed.append(model.stem[0](probe)[2, :5].clone())
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            monitor.step()
+        opt.step()  # an in-place update after step() must not reach what was queued
+        monitor.flush()
+    assert not torch.equal(weights[0], weights[1])
     ea = read_events(tmp_path)
-    (maps,) = ea.Images("feature_maps/hook/stem.0")
-    assert torch.equal(decode(maps), make_feature_grid(expected))
-    (filters,) = ea.Images("filters/stem.0")
     tile = MonitorConfig().filter_tile
-    assert torch.equal(decode(filters), make_filter_grid(weights, min_tile=tile))
-    assert not torch.equal(make_filter_grid(model.stem[0].weight), make_filter_grid(weights))
+    for step in (0, 1):
+        assert torch.equal(
+            decode(ea.Images("filters/stem.0")[step]),
+            make_filter_grid(weights[step], min_tile=tile),
+        )
+        assert torch.equal(
+            decode(ea.Images("feature_maps/hook/stem.0")[step]), make_feature_grid(hook[step])
+        )
+        assert torch.equal(
+            decode(ea.Images("feature_maps/probe/stem.0")[step]), make_feature_grid(probed[step])
+        )
+    assert [e.step for e in ea.Images("filters/stem.0")] == [0, 1]
 
 
 def test_probe_maps_and_exact_restore(tmp_path: Path) -> None:
@@ -294,19 +314,21 @@ def test_probe_maps_and_exact_restore(tmp_path: Path) -> None:
     model.train()
     model[2].eval()  # a mixed mode the restore must keep
     probe = torch.randn(2, 3, 12, 12)
+    # Step 0's probe pass sees the model as step 0's forward found it: BatchNorm's running
+    # statistics before that forward updated them.
+    at_start = copy.deepcopy(model).eval()
     with FeatureMonitor(
         model, tmp_path, every=1, on_full="block", probe=probe, sample=1
     ) as monitor:
         model(torch.randn(4, 3, 12, 12)).sum().backward()
         before = state_snapshot(model)
         rng = torch.get_rng_state()
-        monitor.step()
+        monitor.step()  # queues step 0, and runs step 1's probe pass
         assert_same_state(before, state_snapshot(model))
         assert torch.equal(torch.get_rng_state(), rng)
     with torch.no_grad():
-        expected = model[0](probe)[1].clone()
-        model.eval()
-        expected4 = model[4](model[3](model[2](model[1](model[0](probe)))))[1].clone()
+        expected = at_start[0](probe)[1].clone()
+        expected4 = at_start[4](at_start[3](at_start[2](at_start[1](at_start[0](probe)))))[1]
     ea = read_events(tmp_path)
     assert torch.equal(decode(ea.Images("feature_maps/probe/0")[0]), make_feature_grid(expected))
     assert torch.equal(decode(ea.Images("feature_maps/probe/4")[0]), make_feature_grid(expected4))
@@ -590,22 +612,22 @@ def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsy
     assert run["steps_per_variant"] == 200 and run["captures"] == 2
     figures = [
         *run["mean_step_ms"].values(),
-        run["capture_step_ms"],
+        run["capture_on_one_step_ms"],
         run["normal_step_ms"],
         run["writer_ms_per_capture"],
-        run["capture_step_no_probe_vs_normal"],
+        run["capture_on_one_step_no_probe_vs_normal"],
         *(run[k] for k in result["targets"]),
         *(x for ratios in run["block_ratios"].values() for x in ratios),
     ]
     figures.append(run["throughput_control_vs_none"])  # the A/A control
-    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 4 + 3 + 3 * 2 + 1
+    assert len(run["mean_step_ms"]) == 4 and len(figures) == 4 + 4 + 4 + 3 * 2 + 1
     assert all(math.isfinite(x) and x > 0 for x in figures), figures
     # Two periods in a quick run: their ratios can agree to the 4 decimals kept, so 0 is a
     # reading too.
     errors = [run["ratio_stderr"][k] for k in ("control", "unsampled", "every100")]
     assert all(math.isfinite(x) and x >= 0 for x in errors), errors
     # The writer's wait is added to the same steps: never below the training thread's figure.
-    assert run["capture_step_with_writer_vs_normal"] >= run["capture_step_vs_normal"]
+    assert run["capture_on_one_step_with_writer_vs_normal"] >= run["capture_on_one_step_vs_normal"]
     assert "the writer's work" in printed and "without a probe" in printed
     for key in result["targets"]:
         assert key in printed

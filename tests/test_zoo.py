@@ -228,7 +228,7 @@ def _monitored_run(
     model: nn.Module, batches: list[torch.Tensor], log_dir: Any, loss_fn: Any, **options: Any
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
     """Train with a FeatureMonitor capturing every step; return, per step, the hook-free
-    reference maps of the step's forward and the weights after the step."""
+    reference maps of the step's forward and the weights that forward ran with."""
     from torch_featureviz import FeatureMonitor
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -239,11 +239,11 @@ def _monitored_run(
         for x in batches:
             twin.load_state_dict(model.state_dict())  # same weights and BN statistics
             refs.append(reference_maps(twin, x, in_place=True))
+            weights.append({n: m.weight.detach().clone() for n, m in convs.items()})
             loss = loss_fn(model(x), x)
             loss.backward()
             opt.step()
             opt.zero_grad()
-            weights.append({n: m.weight.detach().clone() for n, m in convs.items()})
             monitor.step()
     assert hook_count(model) == 0
     return refs, weights

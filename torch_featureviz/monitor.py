@@ -26,9 +26,12 @@ How it stays cheap:
   sampled step's forward and removed after it; on a compiled model they stay, switched off, see
   ``keep_hooks``) and :meth:`FeatureMonitor.step` only counts: no tensor work and no host
   synchronisation.
-- On a sampled step the training thread only copies small, already selected tensors (one sample,
-  ``max_channels`` channels per layer, the first ``max_filters`` filters, a few sums) and queues
-  them. A background thread at a lower priority (nice +10 on Linux) renders, encodes and writes.
+- A capture's work on the training thread is spread over two steps. The ``step()`` before a
+  sampled step copies the first ``max_filters`` filters and runs the probe pass, with the weights
+  the sampled forward will run with; the sampled step's forward copies small, already selected
+  tensors (one sample, ``max_channels`` channels per layer, a few sums), and its ``step()``
+  queues them. A background thread at a lower priority (nice +10 on Linux) renders, encodes and
+  writes.
   When the queue is full the capture is dropped (``on_full="drop"``, counted in
   :attr:`FeatureMonitor.dropped`, with a warning) or the step waits (``on_full="block"``).
 
@@ -40,20 +43,26 @@ before ``step()`` has its validation batch logged instead: wrap validation in ``
 Loops that never call the model's own ``forward`` (``m.forward_head(m.forward_features(x))``)
 are captured too: their pass runs from the first conv to ``step()``.
 
-What is logged at the global step (tags, under ``<name>/`` when ``name`` is set):
+What is logged at the global step (tags, under ``<name>/`` when ``name`` is set), all of it from
+the model as that step's forward found it (step 0 shows the initial weights):
 
-- ``filters/<layer>``: filter grids (see :func:`~torch_featureviz.make_filter_grid`);
+- ``filters/<layer>``: filter grids (see :func:`~torch_featureviz.make_filter_grid`) of the
+  weights the step's forward ran with;
 - ``feature_maps/hook/<layer>``: maps of sample ``sample`` of the training batch, from the
   step's own forward pass (no extra forward);
 - ``feature_maps/probe/<layer>``: maps of the fixed ``probe`` input, run under ``no_grad`` in
-  eval mode, on the model's current device and dtype; the model is restored exactly afterwards.
-  ``input/probe`` shows the probe once;
-- ``activations/<layer>/{mean,std,near_zero,dead_channels}``: float32 statistics of the conv's
-  output. ``mean``, ``std`` and ``dead_channels`` cover the whole training batch and every
-  channel; ``near_zero`` is the fraction of values with ``|x| <= near_zero`` in the shown
-  sample; a channel is *active* in a capture when some value is ``> active_threshold``, and
-  ``dead_channels`` is the fraction of channels never active in the last ``dead_window``
-  captures;
+  eval mode, on the model's current device and dtype, with those same weights (and BatchNorm
+  statistics): the pass runs at the ``step()`` before the sampled step, or at the sampled
+  ``step()`` itself when that step was not announced (a jump of ``global_step``, a step
+  sampled by ``every_seconds``). The model is restored exactly afterwards. ``input/probe``
+  shows the probe once;
+- ``activations/<layer>/{mean,std,near_zero,dead_channels}``: float32 statistics of the
+  activation after each conv (see :class:`~torch_featureviz.statistics.ActivationStatistics`),
+  or of the conv's output. ``mean``, ``std`` and ``dead_channels`` cover the whole training
+  batch and every channel; ``near_zero`` is the fraction of values with ``|x| <= near_zero``
+  in the shown sample; a channel is *active* in a capture when some value is
+  ``> active_threshold``, and ``dead_channels`` is the fraction of channels never active in
+  the last ``dead_window`` captures;
 - ``histograms/{activations,weights}/<layer>`` when ``histograms=True``;
 - ``featureviz/dropped_captures``: how many captures were dropped so far.
 
@@ -237,6 +246,10 @@ class FeatureMonitor:
         self.schedule = CaptureSchedule(cfg.every, cfg.every_seconds)
         self._next_step = cfg.start_step
         self._armed_at: int | None = None
+        # The weights of the next sampled step (filters and probe maps, host copies started),
+        # read before its forward; see _prepare.
+        self._prepared_step: int | None = None
+        self._prepared: CaptureItem | None = None
         self._pid = os.getpid()
         self._probe_logged = False
         self._capture: FeatureCapture | None = None
@@ -270,6 +283,7 @@ class FeatureMonitor:
         if not self.active:
             if self.sharding is not None and probe is not None:
                 self.probe = self._check_probe(probe, capture, record=False)
+            self._prepare(self._next_step)  # under sharding, every rank takes part
             return
         if probe is not None:
             self.probe = self._check_probe(probe, capture)
@@ -328,6 +342,11 @@ class FeatureMonitor:
         if cfg.handle_sigterm:
             self._install_sigterm_handler()
         self._arm(self._next_step)
+        try:
+            self._prepare(self._next_step)
+        except BaseException:
+            self.close()
+            raise
 
     # -- construction helpers --------------------------------------------------------------------
     def _check_sharded(self, capture: FeatureCapture, probe: ModelInput | None) -> None:
@@ -501,21 +520,30 @@ class FeatureMonitor:
         return self._background is None or self._background.error is not None
 
     def prepare(self, step: int) -> None:
-        """Arm (or disarm) the hooks for the forward pass of global step ``step``.
+        """Get ready for the forward pass of global step ``step``: arm (or disarm) the hooks
+        and, if ``step`` is sampled, read its filters and run its probe pass now, with the
+        weights that forward will use.
 
         :meth:`step` already does this for the step that follows it; call ``prepare`` only if
         you drive the global step yourself and it does not advance by one (the Lightning
-        callback calls it at the start of every batch).
+        callback calls it at the start of every batch). Calling it again for the same step
+        does nothing more.
         """
         step = check_non_negative_int(step, "step")
         self._raise_background_error()
         if self._capture is not None:
             self._capture.end_pass()
         self._arm(step)
+        self._prepare(step)
 
     # -- the training-thread API ---------------------------------------------------------------
     def step(self, global_step: int | None = None) -> bool:
         """Mark the end of an optimisation step; on a sampled step, capture and queue it.
+
+        A capture shows the weights its step's forward ran with: when the step after this
+        one is sampled, this call already reads its filters and runs its probe pass (the
+        model's weights no longer change before that forward), so the sampled step itself
+        only copies what its forward produced.
 
         Args:
             global_step: the step to log at; by default one more than the previous call
@@ -530,7 +558,8 @@ class FeatureMonitor:
 
         Raises:
             RuntimeError: the background writer failed since the last call (the original
-                error is chained); the monitor stops capturing.
+                error is chained); the monitor stops capturing. Or the probe pass failed
+                (the model's forward no longer accepts the probe).
         """
         if global_step is not None:
             global_step = check_non_negative_int(global_step, "global_step")
@@ -543,25 +572,75 @@ class FeatureMonitor:
         if cap is None or self._failed():
             if cap is not None:
                 cap.enabled = False  # a failed writer: the hooks stay off
-            if self.sharding is None or not self.schedule.due(current):
+            if self.sharding is None:
                 return False
-            self._shared_work(keep=False)  # take part in the collectives, keep nothing
-            return cap is None
+            # Take part in the collectives of a sampled step, keep nothing.
+            due = self.schedule.due(current)
+            if due and self._prepared_step != current:
+                self._shared_work(keep=False)
+            self._prepared_step = self._prepared = None
+            self._prepare(self._next_step)
+            return due and cap is None
+        captured = False
         try:
             armed = cap.enabled
             # Under sharding the step number alone decides, the same on every rank.
             due = self.schedule.due(current)
-            if not due and (self.sharding is not None or not armed):
-                return False
-            cap.enabled = False
-            if os.getpid() != self._pid:  # a forked child: the writer thread is the parent's
-                return False
-            self._collect(current, armed)
-            return True
+            if (due or (self.sharding is None and armed)) and os.getpid() == self._pid:
+                cap.enabled = False
+                self._collect(current, armed)
+                captured = True
         finally:
             # Also after a KeyboardInterrupt inside step(): the next step starts clean.
             cap.end_pass()
+            if self._prepared_step is not None and self._prepared_step <= current:
+                self._prepared_step = self._prepared = None  # never kept past its step
             self._arm(self._next_step)
+        self._prepare(self._next_step)
+        return captured
+
+    def _prepare(self, step: int) -> None:
+        """If ``step`` is sampled, read its filters and run its probe pass now, before its
+        forward: the capture then shows the weights that forward runs with, and its own
+        ``step()`` only copies what the forward produced. Under sharding every rank calls
+        this at the same points (the constructor, ``step()``, ``prepare()``), so the ranks'
+        collectives match."""
+        if (
+            self._prepared_step == step
+            or self.closed
+            or os.getpid() != self._pid
+            or not self.schedule.due(step)
+        ):
+            return
+        cap = self._capture
+        keep = cap is not None and not self._failed()
+        view = None
+        if keep or self.sharding is not None:
+            view = self._weights_view(step, keep=keep)
+        self._prepared_step, self._prepared = step, view
+        if cap is not None and self._armed_at is not None:
+            self._armed_at = cap.passes  # the probe pass is not the sampled forward
+
+    def _weights_view(self, step: int, *, keep: bool) -> CaptureItem | None:
+        """The filters and probe maps of ``step`` as a :class:`CaptureItem` with its host
+        copies started (``None`` when not ``keep``: then this rank only takes part)."""
+        filters, probe_maps = self._shared_work(keep=keep)
+        if not keep:
+            return None
+        view = CaptureItem(step=step, walltime=0.0, filters=filters)
+        if self.probe is not None:
+            view.probe_maps = probe_maps
+            if not self._probe_logged:
+                self._probe_logged = True
+                first = self.probe if isinstance(self.probe, torch.Tensor) else None
+                if first is not None and first.dim() >= 3:
+                    image = first[self.config.sample].detach().float()
+                    side = self.config.max_grid_side
+                    if side is not None and image.dim() == 3 and max(image.shape[1:]) > side:
+                        image = pool_map(image, math.ceil(max(image.shape[1:]) / side))
+                    view.probe_image = image
+        start_host_copies(view)
+        return view
 
     def _collect(self, step: int, armed: bool) -> None:
         cap, background, cfg = self._capture, self._background, self.config
@@ -601,19 +680,16 @@ class FeatureMonitor:
             published = self.stats.published
             if cfg.log_stats and published is not None and published[0] == last.index:
                 item.stats = dict(published[1])
-        item.filters, probe_maps = self._shared_work(keep=True)
-        if self.probe is not None:
-            item.probe_maps = probe_maps
-            if not self._probe_logged:
-                self._probe_logged = True
-                first = self.probe if isinstance(self.probe, torch.Tensor) else None
-                if first is not None and first.dim() >= 3:
-                    image = first[cfg.sample].detach().float()
-                    side = cfg.max_grid_side
-                    if side is not None and image.dim() == 3 and max(image.shape[1:]) > side:
-                        image = pool_map(image, math.ceil(max(image.shape[1:]) / side))
-                    item.probe_image = image
         start_host_copies(item)
+        # The weights were read before this step's forward (see _prepare); a step reached
+        # without that (a jump of global_step, one sampled by time, or an interrupted
+        # preparation) reads them now, after taking its forward's pass.
+        view = self._prepared
+        if self._prepared_step != step:
+            view = self._weights_view(step, keep=True)
+        self._prepared_step = self._prepared = None
+        if view is not None:
+            item.adopt_weights(view)
         background.submit(item, label=f"the capture of step {step}")
 
     def _shared_work(
@@ -682,6 +758,7 @@ class FeatureMonitor:
         if self.closed:
             return
         self.closed = True
+        self._prepared_step = self._prepared = None
         if self._finalizer is not None:
             self._finalizer()  # runs _shutdown once, and never again at exit
         self._raise_background_error()

@@ -152,7 +152,12 @@ def gather_weights(
             out[name] = w.detach()
 
     # FSDP1: one unit at a time, in the order the units are first met (the same on every rank).
+    # The root unit comes first, watched convs or not: FSDP1 initialises itself lazily from
+    # the first unit it meets, which must be the root (a monitor reads the filters of its
+    # first sampled step before the first forward).
     units: dict[int, tuple[nn.Module, list[tuple[str, nn.Module]]]] = {}
+    if fsdp1 is not None and isinstance(root, fsdp1):
+        units[id(root)] = (root, [])
     for name, conv in convs.items():
         owner = owners.get(id(conv))
         if owner is None:

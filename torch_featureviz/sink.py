@@ -87,8 +87,16 @@ class CaptureItem:
     channels: dict[str, list[int]] | None = None
     #: Captures dropped before this one (logged as ``featureviz/dropped_captures``).
     dropped: int = 0
-    #: A CUDA event to wait on before reading pinned host copies.
-    ready: Any = None
+    #: CUDA events to wait on before reading pinned host copies (one per batch of copies).
+    ready: tuple[Any, ...] = ()
+
+    def adopt_weights(self, view: CaptureItem) -> None:
+        """Take the filters, probe maps and probe image of ``view``: the capture's weights as
+        read before its forward, with their host copies already started."""
+        self.filters = view.filters
+        self.probe_maps = view.probe_maps
+        self.probe_image = view.probe_image
+        self.ready = (*view.ready, *self.ready)
 
 
 def start_host_copies(item: CaptureItem) -> None:
@@ -128,7 +136,7 @@ def start_host_copies(item: CaptureItem) -> None:
         item.probe_image = move(item.probe_image)
     if event is not None:
         event.record()
-        item.ready = event
+        item.ready = (*item.ready, event)
 
 
 class TensorBoardSink:
@@ -157,8 +165,8 @@ class TensorBoardSink:
     def write(self, item: CaptureItem) -> None:
         """Write one capture, then flush (what was written before a crash stays readable)."""
         writer = self.writer
-        if item.ready is not None:
-            item.ready.synchronize()
+        for event in item.ready:
+            event.synchronize()
         step = item.step
         if item.probe_image is not None:
             writer.log_image(item.probe_image, step, name="probe")
