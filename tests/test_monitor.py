@@ -305,6 +305,34 @@ def test_a_capture_shows_the_weights_its_forward_ran_with(tmp_path: Path) -> Non
     assert [e.step for e in ea.Images("filters/stem.0")] == [0, 1]
 
 
+def test_weights_loaded_after_the_monitor_are_never_shown_stale(tmp_path: Path) -> None:
+    """Step 0's filters and probe maps are read when the monitor is made; a checkpoint loaded
+    after that (a resume written in that order, or Lightning strategies that restore after
+    on_fit_start) changes the model before step 0's forward, so step 0 reads them again at its
+    step(), and nothing logged shows the discarded initial weights."""
+    model = tiny_net(seed=0)
+    checkpoint = tiny_net(seed=1).state_dict()
+    probe = torch.randn(1, 3, 16, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.randn(4, 3, 16, 16)
+    with FeatureMonitor(model, tmp_path, every=1, on_full="block", probe=probe) as monitor:
+        initial = model.stem[0].weight.detach().clone()
+        model.load_state_dict(checkpoint)
+        model(x).square().mean().backward()
+        opt.step()
+        with torch.no_grad():
+            read_at_step = model.stem[0].weight.detach().clone()
+            probed = model.stem[0](probe)[0].clone()
+        monitor.step()
+    ea = read_events(tmp_path)
+    tile = MonitorConfig().filter_tile
+    (filters,) = ea.Images("filters/stem.0")
+    assert torch.equal(decode(filters), make_filter_grid(read_at_step, min_tile=tile))
+    assert not torch.equal(decode(filters), make_filter_grid(initial, min_tile=tile))
+    (maps,) = ea.Images("feature_maps/probe/stem.0")
+    assert torch.equal(decode(maps), make_feature_grid(probed))
+
+
 def test_probe_maps_and_exact_restore(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -54,8 +54,9 @@ the model as that step's forward found it (step 0 shows the initial weights):
   eval mode, on the model's current device and dtype, with those same weights (and BatchNorm
   statistics): the pass runs at the ``step()`` before the sampled step, or at the sampled
   ``step()`` itself when that step was not announced (a jump of ``global_step``, a step
-  sampled by ``every_seconds``). The model is restored exactly afterwards. ``input/probe``
-  shows the probe once;
+  sampled by ``every_seconds``) or when the model's tensors changed before its forward (a
+  checkpoint loaded after the monitor was made; checked on eager, unsharded models). The
+  model is restored exactly afterwards. ``input/probe`` shows the probe once;
 - ``activations/<layer>/{mean,std,near_zero,dead_channels}``: float32 statistics of the
   activation after each conv (see :class:`~torch_featureviz.statistics.ActivationStatistics`),
   or of the conv's output. ``mean``, ``std`` and ``dead_channels`` cover the whole training
@@ -86,6 +87,7 @@ inside a DataLoader worker.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -111,6 +113,9 @@ from torch_featureviz.background import BackgroundWriter, Sink
 from torch_featureviz.budget import MapBudget, filter_pixels, pool_map
 from torch_featureviz.capture import (
     FeatureCapture,
+    PassObserver,
+    PassRecord,
+    _compiling,
     _describe_input,
     _input_hint,
     _unbatched_dims,
@@ -147,6 +152,45 @@ def _distributed_rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank())
     return 0
+
+
+def _versions(root: nn.Module) -> tuple[int, ...]:
+    """The in-place version counters of every parameter and buffer (-1 where a tensor has
+    none): any write to the model's tensors (an optimizer step, ``load_state_dict``, a BatchNorm
+    update) changes them."""
+    out = []
+    for t in itertools.chain(root.parameters(), root.buffers()):
+        try:
+            out.append(int(t._version))
+        except RuntimeError:  # an inference tensor
+            out.append(-1)
+    return tuple(out)
+
+
+class _UnchangedCheck(PassObserver):
+    """Whether the model's tensors changed between :meth:`mark` and the start of the next
+    training pass. The monitor marks when it has read a sampled step's filters and run its
+    probe pass ahead of that step's forward; a change before that forward (a checkpoint loaded
+    after the monitor was made, weights set by hand) means they no longer show the model the
+    forward runs with, and the step reads them again at its own ``step()``. Eager, unsharded
+    models only (a sharded model's registered tensors are shards; a compiled forward is not
+    looked into)."""
+
+    observes_probes = False
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        self.changed = False
+        self._marked: tuple[int, ...] | None = None
+
+    def mark(self) -> None:
+        self._marked = _versions(self.root)
+        self.changed = False
+
+    def start(self, record: PassRecord) -> None:
+        marked, self._marked = self._marked, None  # the first pass after the mark decides
+        if marked is not None and not _compiling() and _versions(self.root) != marked:
+            self.changed = True
 
 
 def _shutdown(capture: FeatureCapture, background: BackgroundWriter, timeout: float) -> None:
@@ -275,6 +319,10 @@ class FeatureMonitor:
         #: How the model is sharded (``"dtensor"``: FSDP2's ``fully_shard``; ``"fsdp1"``), or
         #: ``None``. Under sharding every rank takes part in probe passes and filter gathers.
         self.sharding = sharding_of(self.root)
+        self._unchanged: _UnchangedCheck | None = None
+        if self.sharding is None:
+            self._unchanged = _UnchangedCheck(self.root)
+            capture.observers.append(self._unchanged)
         self._shared = capture  # what the collective part of a sampled step runs on
         if self.sharding is not None:
             self._check_sharded(capture, probe)
@@ -618,6 +666,8 @@ class FeatureMonitor:
         if keep or self.sharding is not None:
             view = self._weights_view(step, keep=keep)
         self._prepared_step, self._prepared = step, view
+        if self._unchanged is not None:
+            self._unchanged.mark()
         if cap is not None and self._armed_at is not None:
             self._armed_at = cap.passes  # the probe pass is not the sampled forward
 
@@ -682,10 +732,12 @@ class FeatureMonitor:
                 item.stats = dict(published[1])
         start_host_copies(item)
         # The weights were read before this step's forward (see _prepare); a step reached
-        # without that (a jump of global_step, one sampled by time, or an interrupted
-        # preparation) reads them now, after taking its forward's pass.
+        # without that (a jump of global_step, one sampled by time, an interrupted
+        # preparation) or whose model changed before its forward reads them now, after taking
+        # its forward's pass.
         view = self._prepared
-        if self._prepared_step != step:
+        changed = self._unchanged is not None and self._unchanged.changed
+        if self._prepared_step != step or changed:
             view = self._weights_view(step, keep=True)
         self._prepared_step = self._prepared = None
         if view is not None:
