@@ -356,7 +356,8 @@ def test_monitor_benchmark_fsdp_run_reports_every_variant(tmp_path: Path) -> Non
         assert name in proc.stdout
         assert [d["dropped"] for d in r["ranks"]] == [0, 0]
         assert all(d["sampled_steps"] == 2 for d in r["ranks"])  # steps 10 and 20 of 30
-        for key in ("unsampled_step_ms", "sampled_step_ms", "sampled_over_unsampled"):
+        for key in ("unsampled_step_ms", "arming_step_ms", "sampled_step_ms",
+                    "arming_over_unsampled", "sampled_over_unsampled"):
             assert math.isfinite(r[key]) and r[key] > 0, (name, key)
 
 
