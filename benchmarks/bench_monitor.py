@@ -970,6 +970,33 @@ def run_hook_overhead(
     }
 
 
+def run_unsampled_call(*, calls: int = 2000, repeats: int = 15, device: str = "cpu") -> float:
+    """Microseconds of ``monitor.step()`` on an unsampled step of an eager model: on such a step
+    the model runs with none of the monitor's hooks, so this call is all the monitor adds (the
+    whole-step ratios cannot resolve 0.1%: see their standard errors). The model has run one
+    training forward, so the hooks are off, as in a real run between captures."""
+    from torch_featureviz import FeatureMonitor
+
+    tiny = Workload(model="tiny", batch=2, size=8, classes=4, device=device)
+    trainer = _Trainer(tiny, pool=1)
+    with tempfile.TemporaryDirectory(prefix="featureviz-unsampled-") as d:
+        monitor = FeatureMonitor(trainer.model, d, every=NEVER, start_step=1)
+        trainer.step(twin=False)
+        monitor.step()
+        assert monitor.capture is not None and not monitor.capture.attached
+
+        def steps() -> None:
+            for _ in range(calls):
+                monitor.step()
+
+        t = interleave(
+            [Variant("step", steps)], device=device, rounds=repeats, always=("step",),
+            gc_every=None,
+        )
+        monitor.close()
+    return round(statistics.median(t["step"]) / calls * 1e6, 3)
+
+
 #: The workloads: the demo's own training configuration (``featureviz demo``: batch 64 of
 #: 32x32 images), which the targets are judged on, and the same model at batch 16, a step a
 #: quarter the size, where the capture's fixed costs (the probe's batch-1 forward, a few ops
@@ -1390,6 +1417,13 @@ def main(argv: list[str] | None = None) -> int:
         model="demo" if first.model not in ("demo", "tiny") else first.model,
         device=first.device,
     )
+    call_us = run_unsampled_call(calls=200 if args.quick else 2000, device=first.device)
+    result["unsampled_step_call_us"] = call_us
+    for run in result["throughput"].values():
+        # What an unsampled step costs by its one part, against that workload's normal step.
+        run["unsampled_by_its_call_vs_none"] = round(
+            run["normal_step_ms"] / (run["normal_step_ms"] + call_us / 1000), 5
+        )
     result["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["complete"] = True
     save()
@@ -1411,6 +1445,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{hooks['overhead_us_per_forward']} us per forward "
         f"({hooks['forward_us_no_hooks']} -> {hooks['forward_us_hooks_gated_off']} us on a tiny "
         f"input), {per_step:.2%} of a normal training step of {names[0]}"
+    )
+    print(
+        f"an unsampled step adds one call of monitor.step() and nothing else (no hook runs): "
+        f"{result['unsampled_step_call_us']} us, so unsampled steps run at "
+        + " / ".join(
+            f"{r['unsampled_by_its_call_vs_none']:.5f}x" for r in result["throughput"].values()
+        )
+        + f" of a normal step ({', '.join(names)})"
     )
     soak = result.get("soak")
     if soak:

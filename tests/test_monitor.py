@@ -657,6 +657,10 @@ def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsy
     # The writer's wait is added to the same steps: never below the training thread's figure.
     assert run["capture_on_one_step_with_writer_vs_normal"] >= run["capture_on_one_step_vs_normal"]
     assert "the writer's work" in printed and "without a probe" in printed
+    # An unsampled step's one part, timed on its own: a few microseconds of Python.
+    assert 0 < result["unsampled_step_call_us"] < 1000
+    assert 0.99 < run["unsampled_by_its_call_vs_none"] < 1.0
+    assert "an unsampled step adds one call of monitor.step()" in printed
     for key in result["targets"]:
         assert key in printed
     assert result["soak"]["threads_after"] == result["soak"]["threads_before"]

@@ -622,11 +622,12 @@ class FeatureMonitor:
                 cap.enabled = False  # a failed writer: the hooks stay off
             if self.sharding is None:
                 return False
-            # Take part in the collectives of a sampled step, keep nothing.
+            # Take part in the collectives of a sampled step, keep nothing: the same calls,
+            # in the same order, as the writing rank's step().
             due = self.schedule.due(current)
             if due and self._prepared_step != current:
                 self._shared_work(keep=False)
-            self._prepared_step = self._prepared = None
+            self._drop_prepared(current)
             self._prepare(self._next_step)
             return due and cap is None
         captured = False
@@ -641,11 +642,15 @@ class FeatureMonitor:
         finally:
             # Also after a KeyboardInterrupt inside step(): the next step starts clean.
             cap.end_pass()
-            if self._prepared_step is not None and self._prepared_step <= current:
-                self._prepared_step = self._prepared = None  # never kept past its step
+            self._drop_prepared(current)
             self._arm(self._next_step)
         self._prepare(self._next_step)
         return captured
+
+    def _drop_prepared(self, current: int) -> None:
+        """Forget what was prepared for ``current`` or an earlier step: never kept past it."""
+        if self._prepared_step is not None and self._prepared_step <= current:
+            self._prepared_step = self._prepared = None
 
     def _prepare(self, step: int) -> None:
         """If ``step`` is sampled, read its filters and run its probe pass now, before its
