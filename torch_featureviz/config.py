@@ -77,7 +77,7 @@ class MonitorConfig:
         rank_zero_only: under ``torch.distributed``, only rank 0 captures and writes. With
             ``False`` every rank writes into ``<log_dir>/rank<r>``.
         gather_filters: under sharded training (FSDP2's ``fully_shard``, FSDP1), gather the
-            watched convs' whole weights on sampled steps, every rank taking part in
+            watched convs' whole weights before sampled steps, every rank taking part in
             ``step()``, to log their filter grids; ``False`` skips filter grids (and weight
             histograms) there, with one warning. Ignored when the model is not sharded.
         start_step: the global step of the first ``step()`` call.

@@ -5,8 +5,10 @@ Lightning is an optional extra (``pip install torch-featureviz[lightning]``); im
 logger (its ``SummaryWriter``) when there is one, else into ``<default_root_dir>/featureviz``,
 and only on global rank zero. Under DDP the other ranks do no work at all; under sharded
 training (``FSDPStrategy``, or ``fully_shard`` in ``configure_model``) every rank has a monitor
-that takes part in the probe passes and filter gathers of sampled steps, and only global rank
-zero writes. The global step is the trainer's.
+that takes part in the probe passes and filter gathers before sampled steps, and only global
+rank zero writes. The global step is the trainer's; each batch start announces its step to the
+monitor (:meth:`~torch_featureviz.FeatureMonitor.prepare`), so a capture's filters and probe
+maps are read with the weights that batch trains with.
 
 Example::
 

@@ -74,8 +74,9 @@ TensorBoard shows only 10 images per tag by default; start it with
 Distributed training: under DDP only rank 0 captures and writes by default (no collective is
 ever issued); names never carry DDP's or DataParallel's ``module.`` prefix. Under sharded
 training (FSDP2's ``fully_shard``, FSDP1) create the monitor on every rank with the same options:
-on sampled steps every rank's ``step()`` gathers the watched filters and runs the probe pass, in
-that order, and only rank 0 keeps and writes them (see :mod:`torch_featureviz.sharding`); hooks
+before each sampled step every rank's ``step()`` (the constructor, for the first; ``prepare()``
+when it announces the step) gathers the watched filters and runs the probe pass, in that order,
+and only rank 0 keeps and writes them (see :mod:`torch_featureviz.sharding`); hooks
 and the writer thread never issue a collective. ``every_seconds`` is refused there.
 
 Ends of processes: :meth:`FeatureMonitor.close` (or ``with``) writes everything. A monitor that

@@ -7,8 +7,9 @@ that are freed outside forward (``use_orig_params=False``) or are 1-d slices of 
 collective must be issued by every rank at the same point, never by one rank alone (that hangs).
 
 So the hooks and the background writer never touch a sharded weight. The monitor calls
-:func:`gather_weights` in ``step()``, which every rank calls, on sampled steps only, with the
-same convs in the same order on every rank; only the rank that writes keeps the result.
+:func:`gather_weights` before sampled steps only, from its constructor, ``step()`` or
+``prepare()``, which every rank calls at the same points, with the same convs in the same order
+on every rank; only the rank that writes keeps the result.
 
 The public APIs used: DTensor's ``full_tensor()`` and FSDP1's ``summon_full_params``, one FSDP
 unit at a time (``recurse=False``), so at most one unit's parameters are whole at once.
