@@ -128,10 +128,17 @@ def test_gpu_check_dry_run_leaves_every_table(tmp_path):
     import sys
 
     root = BENCH.parents[1]
-    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_RESULTS=str(tmp_path), OUT="")
+    # A generous hard limit (about 2 minutes unloaded): a loaded CI machine must not fail it.
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        GPU_CHECK_RESULTS=str(tmp_path),
+        OUT="",
+        GPU_CHECK_LIMIT_S="1200",
+    )
     proc = subprocess.run(
         ["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=root, env=env, capture_output=True, text=True, timeout=1500, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = {p.name for p in tmp_path.iterdir()}
@@ -184,3 +191,12 @@ def test_log_size_breakdown_adds_up(tmp_path, capsys):
     assert r["log_dir_bytes_after_two_captures"] == (
         r["first_capture"]["bytes"] + r["later_capture"]["bytes"]
     )
+    # An option changes what is logged: without filter grids, no filter bytes.
+    out2 = tmp_path / "nofilters.json"
+    assert bench.main([*args[:-1], str(out2), "--option", "log_filters=False"]) == 0
+    r2 = json.loads(out2.read_text())
+    assert r2["options"] == {"log_filters": "False"}
+    assert r2["later_capture"]["values"]["filters"] == 0
+    assert r2["later_capture"]["bytes"] < r["later_capture"]["bytes"]
+    assert bench.main([*args, "--option", "log_filters"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err

@@ -7,6 +7,10 @@ their native resolution, and what they leave is shared by the larger ones, which
 average-pooled by an integer factor until they fit (:func:`pool_factor`). ``max_grid_side`` caps
 every grid's side on top of that, so a huge input gives a bounded image. Pooling happens in the
 hook, on the map's device, so memory stays bounded too.
+
+The filter grids come out of the same budget (:func:`plan_filters`): they are drawn as they
+are asked for while they fit their share, and past it with smaller tiles, then fewer filters
+per grid, so a model with hundreds of convs keeps a grid for each and stays within the budget.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from torch_featureviz.sharding import weight_shape
 
 __all__ = [
     "MapBudget",
+    "filter_extent",
     "grid_side_cap",
     "map_pixels",
+    "plan_filters",
     "pool_factor",
     "pool_map",
     "water_fill",
@@ -33,11 +39,12 @@ _BAND = 4
 
 
 def map_pixels(shape: tuple[int, ...]) -> int:
-    """Pixels of the grid of a ``(C, L)``, ``(C, H, W)`` or ``(C, T, H, W)`` map (one frame)."""
+    """Pixels of the grid of a ``(C, L)``, ``(C, H, W)`` or ``(C, T, H, W)`` map (one frame),
+    counting the 1-px gap beside each tile (a third of a 7x7 map's grid)."""
     if len(shape) == 2:
         return shape[0] * shape[1] * _BAND
     c, h, w = shape[0], shape[-2], shape[-1]
-    return c * h * w
+    return c * (h + 1) * (w + 1)
 
 
 def pool_factor(shape: tuple[int, ...], cap: int | None) -> int:
@@ -72,8 +79,8 @@ def grid_side_cap(shape: tuple[int, ...], max_side: int | None) -> int | None:
     if len(shape) == 2:
         return max(1, shape[0] * _BAND * max_side)
     cols = math.ceil(math.sqrt(shape[0]))
-    tile = max(1, max_side // cols - 1)
-    return shape[0] * tile * tile
+    step = max(2, (max_side - 1) // cols)  # a tile and its gap: cols * step + 1 <= max_side
+    return shape[0] * step * step
 
 
 def water_fill(sizes: Mapping[str, int], budget: int) -> dict[str, int]:
@@ -139,22 +146,85 @@ class MapBudget:
         return cap
 
 
-def filter_pixels(module: torch.nn.Module, max_filters: int | None, min_tile: int) -> int:
-    """About how many pixels the filter grid of a conv has (see ``render.make_filter_grid``)."""
+def _filter_layout(module: torch.nn.Module) -> tuple[int, int, tuple[int, ...], int] | None:
+    """``(outputs, inputs per filter, kernel shown, colour channels)`` of a conv's filter grid,
+    or ``None`` when its weight shape is unknown (see ``render.make_filter_grid``)."""
     shape = weight_shape(module)  # never reads a sharded weight
     if shape is None or len(shape) < 3:
-        return 0
-    transposed = getattr(module, "transposed", False)
-    out = shape[1] * getattr(module, "groups", 1) if transposed else shape[0]
-    inputs = shape[0] if transposed else shape[1]
+        return None
+    groups = max(1, int(getattr(module, "groups", 1)))
+    if getattr(module, "transposed", False):  # (I, O / groups, *k)
+        out, inputs = shape[1] * groups, shape[0] // groups
+    else:
+        out, inputs = shape[0], shape[1]
+    kernel = tuple(shape[2:])[-2:]  # a 3-d kernel shows its middle temporal slice
+    return out, inputs, kernel, 3 if inputs == 3 else 1
+
+
+def filter_extent(
+    module: torch.nn.Module, max_filters: int | None, min_tile: int, max_side: int | None = None
+) -> tuple[int, int | None, int]:
+    """How much of a conv's filters its grid shows, and about how many pixels that takes.
+
+    Returns ``(filters, inputs, pixels)``: the first ``filters`` output channels are shown;
+    a kernel with no shape (1x1, or 1-d of size 1) renders as the ``(out, in)`` weight matrix
+    of its first ``inputs`` input channels (``None`` for other kernels). Both are cut further
+    so that no side of the grid exceeds ``max_side`` pixels.
+    """
+    layout = _filter_layout(module)
+    if layout is None:
+        return 0, None, 0
+    out, inputs, kernel, colours = layout
     n = out if max_filters is None else min(out, max_filters)
-    kernel = tuple(shape[2:])[-2:]
-    if len(kernel) == 1 or kernel == (1, 1):  # a heat map of (out, k) or (out, in) cells
-        cols = kernel[0] if kernel != (1, 1) and len(kernel) == 1 and kernel[0] > 1 else (
-            inputs if max_filters is None else min(inputs, max_filters)
-        )
+    if all(k == 1 for k in kernel) or len(kernel) == 1:  # a heat map of (out, k or in) cells
+        matrix = all(k == 1 for k in kernel)
+        cols = kernel[0]
+        if matrix:
+            cols = inputs if max_filters is None else min(inputs, max_filters)
         cell = max(1, math.ceil(min_tile / cols))
-        return n * cell * cols * cell
-    side = max(kernel) * max(1, math.ceil(min_tile / max(kernel))) + 1
-    channels = 3 if inputs == 3 else 1
-    return n * side * side * channels
+        if max_side is not None:  # the image is (n * cell + 2, cols * cell + 2)
+            fit = max(1, (max_side - 2) // cell)
+            n = min(n, fit)
+            cols = min(cols, fit) if matrix else cols
+        return n, (cols if matrix else None), n * cell * cols * cell
+    side = max(kernel) * max(1, math.ceil(min_tile / max(kernel))) + 1  # a tile and its gap
+    if max_side is not None:  # a near-square grid of ceil(sqrt(n)) columns, plus its border
+        per_row = max(1, (max_side - 1) // side)
+        n = min(n, per_row * per_row)
+    return n, None, n * side * side * colours
+
+
+def plan_filters(
+    layers: Mapping[str, torch.nn.Module],
+    max_filters: int | None,
+    min_tile: int,
+    budget: int | None,
+    max_side: int | None,
+) -> tuple[int, dict[str, tuple[int, int | None]], int]:
+    """Fit the filter grids of ``layers`` into ``budget`` pixels, and each grid into
+    ``max_side``.
+
+    The fewest filters are dropped: for each number of filters per grid (``max_filters``,
+    then halved), the tile width is halved (down to the filters' own size: the viewer
+    upscales them) until the grids fit; failing that, the filters are halved. Every layer
+    keeps a grid.
+
+    Returns:
+        ``(tile, {name: (filters, inputs)}, pixels)``: the smallest tile width to render
+        with, what :func:`filter_extent` shows of each layer, and the grids' pixels.
+    """
+    if max_side is not None:  # one tile (a kernel upscaled to about `tile`) fits max_side
+        min_tile = min(min_tile, max(1, (max_side - 2) // 2))
+    n = max_filters
+    while True:
+        tile = min_tile
+        while True:
+            extents = {name: filter_extent(m, n, tile, max_side) for name, m in layers.items()}
+            pixels = sum(e[2] for e in extents.values())
+            if budget is None or pixels <= budget or tile == 1:
+                break
+            tile = max(1, tile // 2)
+        most = max((e[0] for e in extents.values()), default=1)
+        if budget is None or pixels <= budget or most <= 1:
+            return tile, {name: (e[0], e[1]) for name, e in extents.items()}, pixels
+        n = max(1, (most if n is None else min(n, most)) // 2)

@@ -83,13 +83,14 @@ class MonitorConfig:
         start_step: the global step of the first ``step()`` call.
         cmap: a matplotlib colormap for feature maps (``None``: grayscale).
         log_budget: about how many bytes the images of one capture may take (filters, and the
-            training-batch and probe maps). Maps are average-pooled by integer factors to fit,
-            small maps first keeping their native resolution (see
-            :mod:`torch_featureviz.budget`); ``None`` logs native resolution.
-        max_grid_side: the longest side of any map grid, in pixels (``None``: no limit), so
-            a huge input gives a bounded image and bounded memory.
-        filter_tile: the smallest filter tile width in pixels (filters are upscaled by an
-            integer factor to reach it).
+            training-batch and probe maps). The filter grids take up to two thirds of it: past
+            that their tiles, then the filters per grid, are halved. Maps are average-pooled
+            by integer factors to fit the rest, small maps first keeping their native
+            resolution (see :mod:`torch_featureviz.budget`); ``None`` logs native resolution.
+        max_grid_side: the longest side of any grid, filters and maps, in pixels (``None``:
+            no limit), so a huge input or conv gives a bounded image and bounded memory.
+        filter_tile: the filter tile width in pixels (filters are upscaled by an integer
+            factor to reach it), unless ``log_budget`` needs it smaller.
         name: put every tag under ``<name>/`` (a GAN's ``"G"`` and ``"D"`` sharing a run).
         handle_sigterm: on SIGTERM, flush the log, then run the previous handler.
     """

@@ -111,7 +111,7 @@ from torch_featureviz._validation import (
     check_timeout,
 )
 from torch_featureviz.background import BackgroundWriter, Sink
-from torch_featureviz.budget import MapBudget, filter_pixels, pool_map
+from torch_featureviz.budget import MapBudget, plan_filters, pool_map
 from torch_featureviz.capture import (
     FeatureCapture,
     PassObserver,
@@ -145,6 +145,15 @@ __all__ = ["FeatureMonitor"]
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[FeatureMonitor]] = (
     weakref.WeakKeyDictionary()
 )
+#: What ``log_budget`` keeps aside from images: a capture's fixed records (its summaries, the
+#: model-wide statistics), and per watched conv its scalars and its images' own PNG and
+#: summary headers (measured: 450-600 bytes per conv on resnet50 and densenet201; PNGs of
+#: noise-like grids also take a little more than a byte per pixel).
+_FIXED_BYTES = 5_000
+_BYTES_PER_LAYER = 700
+#: The probe's input image, logged once, takes at most this share of ``log_budget`` (as
+#: pixel values); a larger one is average-pooled by an integer factor.
+_PROBE_IMAGE_SHARE = 8
 #: Open monitors by (log directory, name), to warn when two would write the same tags.
 _LOG_DIRS: dict[tuple[str, str | None], weakref.ref[FeatureMonitor]] = {}
 
@@ -321,6 +330,10 @@ class FeatureMonitor:
         #: ``None``. Under sharding every rank takes part in probe passes and filter gathers.
         self.sharding = sharding_of(self.root)
         self._unchanged: _UnchangedCheck | None = None
+        # What each filter grid shows (filters, and inputs of a 1x1 conv's weight matrix) and
+        # its tile width, fitted to log_budget and max_grid_side by _map_budget.
+        self._filter_shown: dict[str, tuple[int, int | None]] = {}
+        self._filter_tile = cfg.filter_tile
         if self.sharding is None:
             self._unchanged = _UnchangedCheck(self.root)
             capture.observers.append(self._unchanged)
@@ -349,7 +362,7 @@ class FeatureMonitor:
             cmap=cfg.cmap,
             encode_threads=1,
             prefix=cfg.name,
-            min_filter_tile=cfg.filter_tile,
+            min_filter_tile=self._filter_tile,
             opener=event_file_opener,
         )
         self._warn_shared_log_dir(writer.log_dir)
@@ -471,19 +484,29 @@ class FeatureMonitor:
         return x
 
     def _map_budget(self, capture: FeatureCapture) -> MapBudget:
-        """Share ``log_budget`` between the filter grids and the maps of each view."""
+        """Share ``log_budget`` between the filter grids and the maps of each view.
+
+        The filter grids take what they need, up to two thirds of it: past that their tiles,
+        then their filter counts, are halved (:func:`~torch_featureviz.budget.plan_filters`),
+        so a model with hundreds of convs stays within the budget too. Each view's maps get
+        an equal part of the rest. ``max_grid_side`` caps every filter grid as it caps maps.
+        """
         cfg = self.config
+        layers = len(capture.layers)
         budget = cfg.log_budget
         if budget is not None:
-            if cfg.log_filters and self._reads_weights:
-                budget -= sum(
-                    filter_pixels(m, cfg.max_filters, cfg.filter_tile)
-                    for m in capture.layers.values()
-                )
-            budget -= 2_000 + 100 * len(capture.layers)  # scalars and record framing
+            budget = max(budget - _FIXED_BYTES - _BYTES_PER_LAYER * layers, 0)
+        if cfg.log_filters and self._reads_weights:
+            filter_budget = None if budget is None else budget * 2 // 3
+            self._filter_tile, self._filter_shown, pixels = plan_filters(
+                capture.layers, cfg.max_filters, cfg.filter_tile, filter_budget, cfg.max_grid_side
+            )
+            if budget is not None:
+                budget -= pixels
+        if budget is not None:
             views = int(cfg.log_hook_maps) + int(self.probe is not None)
-            budget = max(budget, 64 * len(capture.layers)) // max(views, 1)
-        return MapBudget(budget, len(capture.layers), cfg.max_grid_side)
+            budget = max(budget, 64 * layers) // max(views, 1)
+        return MapBudget(budget, layers, cfg.max_grid_side)
 
     def _warn_shared_log_dir(self, log_dir: str) -> None:
         key = (os.path.realpath(log_dir), self.config.name)
@@ -677,6 +700,22 @@ class FeatureMonitor:
         if cap is not None and self._armed_at is not None:
             self._armed_at = cap.passes  # the probe pass is not the sampled forward
 
+    def _probe_image_factor(self, shape: torch.Size) -> int:
+        """The pooling factor that fits a ``(C, H, W)`` probe image within ``max_grid_side``
+        and its share of ``log_budget``."""
+        cfg = self.config
+        factor = 1
+        if cfg.max_grid_side is not None and max(shape[1:]) > cfg.max_grid_side:
+            factor = math.ceil(max(shape[1:]) / cfg.max_grid_side)
+        if cfg.log_budget is not None:
+            values = cfg.log_budget // _PROBE_IMAGE_SHARE
+            while (
+                shape[0] * math.ceil(shape[1] / factor) * math.ceil(shape[2] / factor) > values
+                and factor < max(shape[1:])
+            ):
+                factor += 1
+        return factor
+
     def _weights_view(self, step: int, *, keep: bool) -> CaptureItem | None:
         """The filters and probe maps of ``step`` as a :class:`CaptureItem` with its host
         copies started (``None`` when not ``keep``: then this rank only takes part)."""
@@ -691,9 +730,8 @@ class FeatureMonitor:
                 first = self.probe if isinstance(self.probe, torch.Tensor) else None
                 if first is not None and first.dim() >= 3:
                     image = first[self.config.sample].detach().float()
-                    side = self.config.max_grid_side
-                    if side is not None and image.dim() == 3 and max(image.shape[1:]) > side:
-                        image = pool_map(image, math.ceil(max(image.shape[1:]) / side))
+                    if image.dim() == 3:
+                        image = pool_map(image, self._probe_image_factor(image.shape))
                     view.probe_image = image
         start_host_copies(view)
         return view
@@ -767,7 +805,9 @@ class FeatureMonitor:
                     transposed=bool(getattr(conv, "transposed", False)),
                     groups=int(getattr(conv, "groups", 1)),
                 )
-                filters[name] = w if cfg.max_filters is None else w[: cfg.max_filters]
+                shown, inputs = self._filter_shown.get(name, (cfg.max_filters, None))
+                w = w if shown is None else w[:shown]
+                filters[name] = w if inputs is None else w[:, :inputs]
         maps: dict[str, torch.Tensor] = {}
         if self.probe is not None:
             maps = dict(cap.probe(self.probe, record=keep))
