@@ -62,6 +62,35 @@ def test_dead_half_is_flagged_after_the_activation(tmp_path: Path) -> None:
     assert read_events(tmp_path / "raw").Scalars("activations/conv1/dead_channels")[0].value == 0
 
 
+def test_a_conv_whose_activation_a_later_pass_skips_still_gets_statistics() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.act = nn.ReLU()
+            self.use_act = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.act(y) if self.use_act else y
+
+    torch.manual_seed(0)
+    model = Branchy().train()
+    stats = ActivationStatistics()
+    with FeatureCapture(model, record="grad", observers=[stats]):
+        model(torch.randn(2, 3, 8, 8))
+        assert stats.source == {"conv": "ReLU after the conv"}
+        model.use_act = False  # the activation found before is not on this pass's path
+        x = torch.randn(2, 3, 8, 8)
+        model(x)
+    published = stats.published
+    assert published is not None and "conv" in published[1]
+    assert stats.source == {"conv": "conv output"}
+    mean, _, _ = finish_stats(published[1]["conv"])
+    with torch.no_grad():
+        assert mean == pytest.approx(model.conv(x).mean().item(), rel=1e-5, abs=1e-6)
+
+
 def test_statistics_equal_the_activation_they_describe() -> None:
     model = BiasKilled().train()
     x = torch.randn(4, 3, 8, 8)

@@ -115,6 +115,9 @@ class ActivationStatistics(PassObserver):
         self._flow: dict[int, tuple[str, int]] = {}
         self._alive: list[torch.Tensor] = []  # keeps those ids valid until the pass ends
         self._followed: set[str] = set()  # conv keys whose activation was found
+        # this pass: followed conv key -> (its output, version, spatial rank) until its
+        # activation is reduced; what is left at the end falls back to the conv output
+        self._waiting: dict[str, tuple[torch.Tensor, int, int]] = {}
         self._spatial: dict[str, int] = {}  # conv key -> its spatial rank (2 for a Conv2d)
         # watched module name -> (a norm the flow passes through, in place, the source label);
         # read from each module once, when the hooks are registered
@@ -133,6 +136,7 @@ class ActivationStatistics(PassObserver):
 
     def start(self, record: PassRecord) -> None:
         self._pending = {} if self.enabled and record.kind != "probe" else None
+        self._waiting.clear()
         self._flow.clear()
         self._alive.clear()
 
@@ -145,8 +149,9 @@ class ActivationStatistics(PassObserver):
             spatial = self._spatial[key] = len(getattr(module, "kernel_size", (0, 0)))
         if self.after_activation and not _compiling():
             self._follow(output, key)
-            if key in self._followed:
-                return  # its activation will be reduced instead
+            if key in self._followed:  # its activation will be reduced instead
+                self._waiting[key] = (output, _version(output), spatial)
+                return
         self._reduce(target, key, spatial, output, "conv output")
 
     def module_output(
@@ -177,6 +182,7 @@ class ActivationStatistics(PassObserver):
             return
         del self._flow[id(x)]  # only the first activation after the conv counts
         self._followed.add(source)
+        self._waiting.pop(source, None)
         self._reduce(target, source, self._spatial[source], output, label)
 
     def _follow(self, tensor: torch.Tensor, key: str) -> None:
@@ -222,6 +228,13 @@ class ActivationStatistics(PassObserver):
 
     def end(self, record: PassRecord, complete: bool) -> None:
         pending, self._pending = self._pending, None
+        if pending is not None:
+            # A conv whose activation this pass did not reach (another branch ran, or the
+            # tensor was changed in place on the way): its own output, if still unchanged.
+            for key, (output, version, spatial) in self._waiting.items():
+                if _version(output) == version:
+                    self._reduce(pending, key, spatial, output, "conv output")
+        self._waiting.clear()
         self._flow.clear()
         self._alive.clear()
         if complete and pending is not None:
