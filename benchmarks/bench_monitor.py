@@ -498,6 +498,41 @@ class _WandbWatch(_Subject):
         return {}
 
 
+class _FastaiActivationStats(_Subject):
+    """fastai's ``ActivationStats(every=every)`` callback, driven on this loop as fastai's
+    ``Learner`` drives it: ``before_fit`` once, then ``before_batch`` and ``after_batch``
+    around each step (``training`` and ``train_iter`` as the Learner sets them).
+
+    At its defaults it hooks every module with parameters (convs, norms, the head) on sampled
+    steps only, and each hook reads the output's mean, std and near-zero fraction to the host
+    (``.item()``), so a sampled step waits for them; no image is made or written.
+    """
+
+    name = "fastai ActivationStats"
+
+    def __init__(self, trainer: _Trainer, log_dir: str, every: int) -> None:
+        super().__init__(trainer, log_dir, every)
+        from types import SimpleNamespace
+
+        from fastai.callback.hook import ActivationStats
+
+        self.learn = SimpleNamespace(model=trainer.model, training=True, train_iter=0)
+        self.callback = ActivationStats(every=min(every, 2**31 - 1))
+        self.callback.learn = self.learn
+        self.callback.before_fit()
+        self.callback.before_batch()  # for the first step, as the Learner does
+
+    def after_step(self) -> None:
+        super().after_step()
+        self.callback.after_batch()
+        self.learn.train_iter = self.calls
+        self.callback.before_batch()  # for the next step
+
+    def close(self) -> dict[str, Any]:
+        self.callback.after_fit()
+        return {"stats_recorded": len(self.callback.stats)}
+
+
 def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
@@ -516,11 +551,10 @@ def _importable(name: str) -> bool:
 PEERS: dict[str, tuple[type[_Subject], str | None]] = {
     "handwritten": (_HandWritten, None),
     "wandb": (_WandbWatch, "wandb"),
+    "fastai": (_FastaiActivationStats, "fastai.callback.hook"),
 }
 #: Peers that cannot share this loop: why they are not measured.
 NOT_MEASURED = {
-    "fastai ActivationStats": "a fastai Learner callback: it runs only inside fastai's own "
-    "training loop (fastai 2.8 installs beside torch 2.14)",
     "Composer ActivationMonitor": "a Composer Trainer callback; mosaicml 0.32 requires "
     "torch < 2.7.1, so it does not install beside torch 2.14",
     "Lightning-Bolts ModuleDataMonitor": "a Lightning Trainer callback; lightning-bolts 0.7 "
