@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from tests.helpers import GatedSink, read_events
-from torch_featureviz import FeatureMonitor
+from torch_featureviz import FeatureMonitor, find_conv_layers
 from torch_featureviz.budget import (
     MapBudget,
     filter_extent,
@@ -91,13 +91,12 @@ def _many_convs(n: int, width: int = 64) -> nn.Sequential:
 
 
 def test_filter_plan_keeps_resnet50s_grids_and_fits_hundreds_of_convs() -> None:
-    convs = lambda m: {n: c for n, c in m.named_modules() if isinstance(c, nn.Conv2d)}  # noqa: E731
-    r50 = convs(torchvision.models.resnet50())
+    r50 = find_conv_layers(torchvision.models.resnet50())
     tile, shown, pixels = plan_filters(r50, 64, 8, 320_000, 2048)
     assert tile == 8 and pixels <= 320_000  # resnet50's grids as drawn without a budget
     assert shown == {n: filter_extent(c, 64, 8)[:2] for n, c in r50.items()}
 
-    deep = convs(_many_convs(200))
+    deep = find_conv_layers(_many_convs(200))
     unplanned = sum(filter_extent(c, 64, 8)[2] for c in deep.values())
     assert unplanned > 600_000
     tile, shown, pixels = plan_filters(deep, 64, 8, 250_000, 2048)

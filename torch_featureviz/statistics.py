@@ -148,9 +148,9 @@ class ActivationStatistics(PassObserver):
         if spatial is None:
             spatial = self._spatial[key] = len(getattr(module, "kernel_size", (0, 0)))
         if self.after_activation and not _compiling():
-            self._follow(output, key)
+            version = self._follow(output, key)
             if key in self._followed:  # its activation will be reduced instead
-                self._waiting[key] = (output, _version(output), spatial)
+                self._waiting[key] = (output, version, spatial)
                 return
         self._reduce(target, key, spatial, output, "conv output")
 
@@ -185,11 +185,13 @@ class ActivationStatistics(PassObserver):
         self._waiting.pop(source, None)
         self._reduce(target, source, self._spatial[source], output, label)
 
-    def _follow(self, tensor: torch.Tensor, key: str) -> None:
+    def _follow(self, tensor: torch.Tensor, key: str) -> int:
+        """Follow ``tensor`` as ``key``'s flow this pass; returns its version (-1: none)."""
         version = _version(tensor)
         if version >= 0:
             self._flow[id(tensor)] = (key, version)
             self._alive.append(tensor)
+        return version
 
     def _reduce(
         self,
