@@ -63,8 +63,8 @@ def write_log(logdir: Path, captures: int, layers: int, every: int = 10) -> dict
     import torch
 
     from torch_featureviz import TensorBoardWriter
+    from torch_featureviz.log.metadata import layers_summary
     from torch_featureviz.naming import layer_tag
-    from torch_featureviz.tb_plugin.metadata import layers_summary
 
     names = synthetic_layers(layers)
     gen = torch.Generator().manual_seed(0)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torch_featureviz import tensorboard_command
 from torch_featureviz.demo import build_demo_model, demo_probe, make_pattern_dataset
-from torch_featureviz.lightning import FeatureMonitorCallback
+from torch_featureviz.integrations.lightning import FeatureMonitorCallback
 
 
 class PatternClassifier(LightningModule):

@@ -29,7 +29,7 @@ def main(out: Path) -> None:
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from tests.helpers import Block, tiny_net
-    from torch_featureviz.lightning import FeatureMonitorCallback
+    from torch_featureviz.integrations.lightning import FeatureMonitorCallback
 
     class CPUFSDPStrategy(FSDPStrategy):
         """Lightning's FSDPStrategy, unchanged, past its GPU-only accelerator check."""

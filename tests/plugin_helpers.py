@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 
 from torch_featureviz import FeatureMonitor, TensorBoardWriter
+from torch_featureviz.log.metadata import layers_summary
 from torch_featureviz.naming import layer_tag
-from torch_featureviz.tb_plugin.metadata import layers_summary
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -93,7 +93,7 @@ def strip_layer_order(logdir: Path) -> None:
     from tensorboard.compat.tensorflow_stub import errors
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
-    from torch_featureviz._png import tfrecord
+    from torch_featureviz.render.png import tfrecord
 
     for path in logdir.iterdir():
         if "tfevents" not in path.name:
@@ -161,7 +161,7 @@ def write_synthetic_logs(logdir: Path, *, layers: int = 4, steps: list[int] | No
 
 
 def _grid(maps: torch.Tensor) -> torch.Tensor:
-    from torch_featureviz.render import make_image_grid
+    from torch_featureviz.render.grids import make_image_grid
 
     return make_image_grid(maps.unsqueeze(1))
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from torch_featureviz import FeatureMonitor
-from torch_featureviz.background import BackgroundWriter, KernelThreads
+from torch_featureviz.monitor.background import BackgroundWriter, KernelThreads
 
 OPENMP = "OpenMP" in torch.__config__.parallel_info()
 
@@ -84,7 +84,7 @@ def test_kernel_threads_none_leaves_torch_setting(two_threads: None) -> None:
 
 _TEAM_SCRIPT = """
 import os, sys, torch
-from torch_featureviz.background import BackgroundWriter
+from torch_featureviz.monitor.background import BackgroundWriter
 torch.set_num_threads(2)
 x = torch.randn(1 << 22)
 x.mul(2)  # this thread's OpenMP team exists before counting

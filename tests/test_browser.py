@@ -34,7 +34,7 @@ from tests.tensorboard_server import (
     start_tensorboard,
 )
 from torch_featureviz import TensorBoardWriter, cli
-from torch_featureviz.render import to_display_image
+from torch_featureviz.render.grids import to_display_image
 
 BROWSER_TIMEOUT_S = 120
 WINDOW = (1280, 2200)

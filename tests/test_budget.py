@@ -16,15 +16,8 @@ from torch import nn
 
 from tests.helpers import GatedSink, read_events
 from torch_featureviz import FeatureMonitor, find_conv_layers
-from torch_featureviz.budget import (
-    MapBudget,
-    filter_extent,
-    map_pixels,
-    plan_filters,
-    pool_factor,
-    pool_map,
-    water_fill,
-)
+from torch_featureviz.capture.pooling import map_pixels, pool_factor, pool_map
+from torch_featureviz.monitor.budget import MapBudget, filter_extent, plan_filters, water_fill
 
 
 def event_bytes(log_dir: Path) -> int:

@@ -8,7 +8,7 @@ from torch import nn
 
 from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot, tiny_net
 from torch_featureviz import FeatureCapture, capture_feature_maps, find_conv_layers
-from torch_featureviz.capture import PassObserver
+from torch_featureviz.capture.hooks import PassObserver
 
 
 @pytest.mark.slow

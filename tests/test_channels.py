@@ -10,8 +10,8 @@ from torch import nn
 
 from tests.helpers import decode, read_events, reference_maps
 from torch_featureviz import FeatureMonitor
-from torch_featureviz.channels import ChannelChooser
-from torch_featureviz.render import make_feature_grid
+from torch_featureviz.monitor.channels import ChannelChooser
+from torch_featureviz.render.grids import make_feature_grid
 
 
 def biased_conv(active: list[int]) -> nn.Sequential:

@@ -20,12 +20,15 @@ from PIL import Image
 
 from tests.helpers import assert_same_state, state_snapshot
 from torch_featureviz import cli
-from torch_featureviz.figures import (
+from torch_featureviz.cli import app as cli_app
+from torch_featureviz.cli import bench as cli_bench
+from torch_featureviz.cli import info as cli_info
+from torch_featureviz.loading.images import sample_image_path
+from torch_featureviz.render.figures import (
     map_similarity,
     save_comparison_figure,
     save_similarity_figure,
 )
-from torch_featureviz.images import sample_image_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -445,7 +448,7 @@ def test_a_new_command_is_one_registration(
         p = sub.add_parser("hello", parents=[parents.model], help="say hello")
         p.set_defaults(func=lambda args: print(f"hello {args.model}") or 0)
 
-    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, add_hello])
+    monkeypatch.setattr(cli_app, "COMMANDS", [*cli.COMMANDS, add_hello])
     code, out, err = run_main(["hello", "resnet18"], capsys)
     assert (code, out) == (0, "hello resnet18\n")
     with pytest.raises(SystemExit):
@@ -515,12 +518,12 @@ def test_bench_runs_the_script_with_the_remaining_arguments(
         "    return 3 if '--fail' in argv else 0\n"
     )
     (tmp_path / "sibling.py").write_text("VALUE = 42\n")
-    monkeypatch.setattr(cli, "bench_script", lambda: script)
+    monkeypatch.setattr(cli_bench, "bench_script", lambda: script)
     code, out, err = run_main(["bench", "--quick", "--sizes", "64"], capsys)
     assert code == 0 and "bench got ['--quick', '--sizes', '64'] 42" in out
     assert cli.main(["bench", "--fail"]) == 3
     assert str(tmp_path) not in sys.path
-    monkeypatch.setattr(cli, "bench_script", lambda: tmp_path / "missing" / "bench.py")
+    monkeypatch.setattr(cli_bench, "bench_script", lambda: tmp_path / "missing" / "bench.py")
     code, out, err = run_main(["bench"], capsys)
     assert code == 2 and "the benchmarks are not installed" in err and "source checkout" in err
 
@@ -531,7 +534,7 @@ def test_internal_errors_are_one_line_exit_1(
     def boom(args):  # type: ignore[no-untyped-def]
         raise RuntimeError("something\nunexpected")
 
-    monkeypatch.setattr(cli, "_cmd_info", boom)
+    monkeypatch.setattr(cli_info, "run", boom)
     code, out, err = run_main(["info", "resnet18"], capsys)
     assert code == 1
     assert err == (
@@ -672,7 +675,8 @@ def _run_cli(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProces
 _FORK_DRIVER = r"""
 import json, os, sys, tempfile
 import torchvision.models  # the slow imports, once, before forking
-from torch_featureviz import cli, models
+from torch_featureviz import cli
+from torch_featureviz.loading import models
 exec(os.environ.get("FEATUREVIZ_TEST_PREAMBLE", ""))
 results = {}
 for case, argv in json.loads(sys.argv[1]).items():

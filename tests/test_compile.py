@@ -135,7 +135,7 @@ def test_compiling_after_the_first_steps_warns_or_keeps_its_hooks(
 
 
 def test_is_compiled_sees_wrappers_in_place_and_inner_compiles() -> None:
-    from torch_featureviz.discovery import is_compiled
+    from torch_featureviz.capture.discovery import is_compiled
 
     backend = CountingBackend()
     model = tiny_net()

@@ -5,7 +5,7 @@ from torch import nn
 
 from tests.helpers import TinyNet, tiny_net
 from torch_featureviz import Extractor, find_conv_layers, find_linear_layers, unwrap_model
-from torch_featureviz.discovery import CONV_TYPES
+from torch_featureviz.capture.discovery import CONV_TYPES
 
 ZOO = {
     "resnet18": lambda: torchvision.models.resnet18(),

@@ -30,8 +30,8 @@ from torch.utils.checkpoint import checkpoint
 
 from tests.helpers import decode, hook_count, read_events, reference_maps, tiny_net
 from torch_featureviz import FeatureCapture, FeatureMonitor, capture_feature_maps
-from torch_featureviz.capture import PassObserver
-from torch_featureviz.render import make_feature_grid
+from torch_featureviz.capture.hooks import PassObserver
+from torch_featureviz.render.grids import make_feature_grid
 
 
 def sgd_step(model: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:

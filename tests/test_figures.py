@@ -15,8 +15,8 @@ from torch_featureviz import (
     save_grid_figure,
     save_overview,
 )
-from torch_featureviz.figures import map_similarities, save_comparison_figures
 from torch_featureviz.naming import unique_stems, unique_tags
+from torch_featureviz.render.figures import map_similarities, save_comparison_figures
 
 
 @pytest.fixture()

@@ -288,7 +288,7 @@ def test_lightning_fsdp_strategy_on_cpu(tmp_path: Path) -> None:
     assert not any("_fsdp" in t for t in tags)
 
 
-# -- the single-process parts of torch_featureviz.sharding -------------------------------------
+# -- the single-process parts of torch_featureviz.monitor.sharding ---------------------------
 
 
 @pytest.mark.parametrize(
@@ -303,7 +303,7 @@ def test_lightning_fsdp_strategy_on_cpu(tmp_path: Path) -> None:
     ids=["conv2d", "grouped", "transposed", "conv1d", "conv3d"],
 )
 def test_weight_shape_comes_from_attributes_not_the_weight(conv: nn.Module) -> None:
-    from torch_featureviz.sharding import weight_shape
+    from torch_featureviz.monitor.sharding import weight_shape
 
     expected = tuple(conv.weight.shape)
     conv.weight = nn.Parameter(conv.weight.detach().flatten())  # what FSDP1 leaves: a 1-d view
@@ -322,7 +322,7 @@ def test_names_leave_out_fsdp_and_checkpoint_wrapper_segments() -> None:
 
 def test_an_unsharded_model_is_read_without_collectives() -> None:
     from torch_featureviz import find_conv_layers
-    from torch_featureviz.sharding import gather_weights, sharding_of
+    from torch_featureviz.monitor.sharding import gather_weights, sharding_of
 
     model = tiny_net()
     convs = find_conv_layers(model)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from torch_featureviz.images import (
+from torch_featureviz.loading.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     load_image,

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from tests.helpers import hook_count, tiny_net
-from torch_featureviz.lightning import FeatureMonitorCallback
+from torch_featureviz.integrations.lightning import FeatureMonitorCallback
 
 
 def read_events(log_dir: str | Path):  # type: ignore[no-untyped-def]
@@ -152,7 +152,7 @@ def test_missing_lightning_names_the_extra() -> None:
         sys.modules["lightning.pytorch"] = None
         sys.modules["pytorch_lightning"] = None
         try:
-            import torch_featureviz.lightning
+            import torch_featureviz.integrations.lightning
         except ImportError as e:
             print(e)
         """
@@ -201,7 +201,7 @@ def test_validation_accumulation_validate_and_test_log_only_training_batches(
     tmp_path: Path,
 ) -> None:
     from tests.helpers import decode, reference_maps
-    from torch_featureviz.render import make_feature_grid
+    from torch_featureviz.render.grids import make_feature_grid
 
     train = loader(n=24, batch=2)  # 12 micro-batches, 6 optimizer steps
     constant = torch.utils.data.TensorDataset(

@@ -12,8 +12,8 @@ import torch
 import torchvision
 
 from tests.helpers import TinyNet, tiny_net
-from torch_featureviz.images import load_image, preprocess
-from torch_featureviz.models import LoadedModel, ModelLoadError, load_model, resolve_weights
+from torch_featureviz.loading.images import load_image, preprocess
+from torch_featureviz.loading.models import LoadedModel, ModelLoadError, load_model, resolve_weights
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from tests.helpers import (
     tiny_net,
 )
 from torch_featureviz import FeatureMonitor, make_feature_grid, make_filter_grid
-from torch_featureviz.config import MonitorConfig
+from torch_featureviz.monitor.config import MonitorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -703,7 +703,7 @@ def test_short_last_batch_does_not_break_training(tmp_path: Path) -> None:
 
 
 def test_inactive_rank_has_no_hooks_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import torch_featureviz.monitor as monitor_module
+    import torch_featureviz.monitor.feature_monitor as monitor_module
 
     monkeypatch.setattr(monitor_module, "_distributed_rank", lambda: 1)
     model = tiny_net()

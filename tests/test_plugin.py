@@ -30,11 +30,11 @@ from tests.tensorboard_server import (
     tensorboard_command,
     wait_for,
 )
-from torch_featureviz.render import make_feature_grid, make_filter_grid
-from torch_featureviz.tb_plugin import PLUGIN_NAME, layers_summary
-from torch_featureviz.tb_plugin.layout import build_index, grid_geometry, natural_key
-from torch_featureviz.tb_plugin.metadata import parse_layers
-from torch_featureviz.tb_plugin.plugin import FeatureVizPlugin
+from torch_featureviz.log.metadata import parse_layers
+from torch_featureviz.render.grids import make_feature_grid, make_filter_grid
+from torch_featureviz.viewer import PLUGIN_NAME, layers_summary
+from torch_featureviz.viewer.layout import build_index, grid_geometry, natural_key
+from torch_featureviz.viewer.plugin import FeatureVizPlugin
 
 ROUTE = "/data/plugin/featureviz"
 

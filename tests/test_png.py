@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from torch_featureviz._png import encode_png
+from torch_featureviz.render.png import encode_png
 
 
 def _decode(data: bytes) -> np.ndarray:

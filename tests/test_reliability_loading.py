@@ -29,7 +29,7 @@ from torch import nn
 
 from tests.reliability_models import one_thread
 from torch_featureviz import FeatureCapture, FeatureMonitor, TensorBoardWriter, find_conv_layers
-from torch_featureviz.models import ModelLoadError, load_model
+from torch_featureviz.loading.models import ModelLoadError, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = re.compile(r"^[A-Za-z0-9_./-]+$")

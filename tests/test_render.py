@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from torch_featureviz import make_feature_grid, make_filter_grid, make_image_grid, to_display_image
-from torch_featureviz.render import ROW_HEIGHT
+from torch_featureviz.render.grids import ROW_HEIGHT
 
 
 def tile_region(grid, index, *, h, w, ncol, padding=1):
@@ -196,7 +196,8 @@ def test_colormap_keeps_padding_and_empty_cells_white():
     grid = make_feature_grid(maps, cmap="viridis", padding=1)
     gray = make_feature_grid(maps, padding=1)
     assert grid.shape[1:] == gray.shape[1:]
-    lut = __import__("torch_featureviz.render", fromlist=["_colormap_lut"])._colormap_lut("viridis")
+    grids = __import__("torch_featureviz.render.grids", fromlist=["_colormap_lut"])
+    lut = grids._colormap_lut("viridis")
     for i in range(5):
         tile = tile_region(grid, i, h=4, w=4, ncol=3)
         expected = lut[tile_region(gray, i, h=4, w=4, ncol=3)[0].long()].permute(2, 0, 1)
@@ -411,7 +412,7 @@ def test_every_conv_type_renders_maps_and_filters(kind, dtype):
 
 
 def test_to_output_filters_gives_a_convs_layout_for_every_type():
-    from torch_featureviz.render import to_output_filters
+    from torch_featureviz.render.grids import to_output_filters
 
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, groups=2)

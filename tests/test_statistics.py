@@ -12,7 +12,11 @@ from torch import nn
 
 from tests.helpers import read_events
 from torch_featureviz import FeatureCapture, FeatureMonitor
-from torch_featureviz.statistics import ActivationStatistics, DeadChannelWindow, finish_stats
+from torch_featureviz.monitor.statistics import (
+    ActivationStatistics,
+    DeadChannelWindow,
+    finish_stats,
+)
 
 
 class BiasKilled(nn.Module):

@@ -26,7 +26,7 @@ from tests.tensorboard_server import (
     wait_for,
 )
 from torch_featureviz import TensorBoardWriter, capture_feature_maps, cli
-from torch_featureviz.render import make_feature_grid, make_filter_grid, to_display_image
+from torch_featureviz.render.grids import make_feature_grid, make_filter_grid, to_display_image
 
 
 @dataclass

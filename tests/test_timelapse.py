@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from torch_featureviz import TensorBoardWriter, cli
-from torch_featureviz.timelapse import (
+from torch_featureviz.viewer.timelapse import (
     LABEL_HEIGHT,
     _label,
     encode_timelapse,

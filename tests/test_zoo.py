@@ -38,8 +38,8 @@ from tests.zoo_models import (
     torchvision_cases,
 )
 from torch_featureviz import FeatureCapture, find_conv_layers
-from torch_featureviz.config import MonitorConfig
-from torch_featureviz.discovery import CONV_TYPES
+from torch_featureviz.capture.discovery import CONV_TYPES
+from torch_featureviz.monitor.config import MonitorConfig
 from torch_featureviz.naming import split_call_key
 
 pytestmark = [

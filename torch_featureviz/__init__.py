@@ -5,10 +5,31 @@ forward pass; chain mode (:func:`chain_feature_maps`) reproduces the original ar
 procedure. Grids render on the tensor's device and go to TensorBoard or image files.
 """
 
-from torch_featureviz.capture import FeatureCapture, capture_feature_maps, preserved_state
-from torch_featureviz.chain import chain_feature_maps
-from torch_featureviz.discovery import Extractor, find_conv_layers, find_linear_layers, unwrap_model
-from torch_featureviz.figures import (
+from torch_featureviz.capture import (
+    Extractor,
+    FeatureCapture,
+    capture_feature_maps,
+    chain_feature_maps,
+    find_conv_layers,
+    find_linear_layers,
+    preserved_state,
+    unwrap_model,
+)
+from torch_featureviz.loading import (
+    LoadedModel,
+    ModelLoadError,
+    load_image,
+    load_model,
+    preprocess,
+    sample_image_path,
+)
+from torch_featureviz.log import TensorBoardWriter, tensorboard_command
+from torch_featureviz.monitor import FeatureMonitor
+from torch_featureviz.naming import layer_tag
+from torch_featureviz.render import (
+    make_feature_grid,
+    make_filter_grid,
+    make_image_grid,
     map_similarity,
     save_comparison_figure,
     save_feature_figures,
@@ -16,17 +37,8 @@ from torch_featureviz.figures import (
     save_grid_figure,
     save_overview,
     save_similarity_figure,
-)
-from torch_featureviz.images import load_image, preprocess, sample_image_path
-from torch_featureviz.models import LoadedModel, ModelLoadError, load_model
-from torch_featureviz.monitor import FeatureMonitor
-from torch_featureviz.render import (
-    make_feature_grid,
-    make_filter_grid,
-    make_image_grid,
     to_display_image,
 )
-from torch_featureviz.tensorboard import TensorBoardWriter, layer_tag, tensorboard_command
 
 __version__ = "0.1.0"
 
@@ -68,7 +80,7 @@ def __getattr__(name: str) -> object:
     # Lightning is an optional extra: import it only when the callback is asked for (it is
     # not in __all__, so `from torch_featureviz import *` never imports Lightning).
     if name == "FeatureMonitorCallback":
-        from torch_featureviz.lightning import FeatureMonitorCallback
+        from torch_featureviz.integrations.lightning import FeatureMonitorCallback
 
         return FeatureMonitorCallback
     raise AttributeError(f"module 'torch_featureviz' has no attribute {name!r}")

@@ -396,3 +396,31 @@ def unknown_option_message(what: str, key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return f"{what} got an unknown option {key!r}.{hint} Known options: {', '.join(known)}."
+
+
+def input_hint(error: Exception) -> str:
+    """A hint for the commonest probe mistakes, read from the forward's own error."""
+    text = str(error)
+    if "channels, but got 1 channels" in text:
+        return " (repeat a grayscale image to 3 channels with x.expand(-1, 3, -1, -1))"
+    if "channels" in text:
+        return " (check the (N, C, ...) layout and the channel count of the input)"
+    return ""
+
+
+def describe_input(inputs: ModelInput) -> str:
+    """``"shape (1, 3, 20, 20)"``, or each input's shape for tuples and dicts."""
+    args, kwargs = forward_args(inputs)
+
+    def one(v: Any) -> str:
+        return f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts) if parts else "no input"
+
+
+def unbatched_dims(layers: Mapping[str, nn.Module]) -> int | None:
+    """How many dims an unbatched input of these convs has (3 for Conv2d's ``(C, H, W)``)."""
+    first = next(iter(layers.values()), None)
+    size = getattr(first, "kernel_size", None)
+    return None if size is None else len(size) + 1

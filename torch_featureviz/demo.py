@@ -191,7 +191,7 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 
 def demo_probe(size: int = 96) -> torch.Tensor:
     """The built-in photo (Grace Hopper), ``(1, 3, size, size)``, scaled like the demo's inputs."""
-    from torch_featureviz.images import load_image, preprocess
+    from torch_featureviz.loading.images import load_image, preprocess
 
     return preprocess(load_image(), size=size, mean=(MEAN,) * 3, std=(STD,) * 3)
 
@@ -202,7 +202,7 @@ def _save_first_vs_last(first: torch.Tensor, last: torch.Tensor, steps: int, pat
     from matplotlib.figure import Figure
 
     from torch_featureviz._validation import check_writable_dir
-    from torch_featureviz.render import make_filter_grid
+    from torch_featureviz.render.grids import make_filter_grid
 
     check_writable_dir(path.parent)
     change = float((last - first).norm() / first.norm())
@@ -297,16 +297,16 @@ def run_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from torch_featureviz._validation import check_writable_dir
-    from torch_featureviz.capture import capture_feature_maps
-    from torch_featureviz.figures import (
+    from torch_featureviz.capture.hooks import capture_feature_maps
+    from torch_featureviz.log.tensorboard import tensorboard_command
+    from torch_featureviz.monitor.feature_monitor import FeatureMonitor
+    from torch_featureviz.render.figures import (
         save_feature_figures,
         save_filter_figures,
         save_grid_figure,
     )
-    from torch_featureviz.monitor import FeatureMonitor
-    from torch_featureviz.render import make_image_grid
-    from torch_featureviz.tensorboard import tensorboard_command
-    from torch_featureviz.timelapse import write_timelapse
+    from torch_featureviz.render.grids import make_image_grid
+    from torch_featureviz.viewer.timelapse import write_timelapse
 
     steps, every, device = _check_args(args)
     out = Path(args.out)

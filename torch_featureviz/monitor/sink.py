@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from torch_featureviz.log.tensorboard import TensorBoardWriter
+from torch_featureviz.monitor.statistics import DeadChannelWindow, LayerSums, finish_stats
 from torch_featureviz.naming import layer_tag
-from torch_featureviz.statistics import DeadChannelWindow, LayerSums, finish_stats
-from torch_featureviz.tensorboard import TensorBoardWriter
 
 __all__ = [
     "SUMMARY_NAMES",

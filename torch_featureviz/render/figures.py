@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from torch_featureviz._validation import check_cmap, check_writable_dir
-from torch_featureviz.discovery import conv_weights
+from torch_featureviz.capture.discovery import conv_weights
 from torch_featureviz.naming import unique_stems, unique_tags
-from torch_featureviz.render import FilterChannel, make_feature_grid, make_filter_grid
+from torch_featureviz.render.grids import FilterChannel, make_feature_grid, make_filter_grid
 
 __all__ = [
     "GridWriter",

@@ -17,7 +17,7 @@ from torch_featureviz._validation import (
     check_non_negative_int,
     check_positive_int,
 )
-from torch_featureviz.discovery import CONV_TYPES, Extractor
+from torch_featureviz.capture.discovery import CONV_TYPES, Extractor
 
 __all__ = ["chain_feature_maps"]
 

@@ -29,23 +29,23 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from torch_featureviz._png import encode_png, tfrecord, to_hwc_numpy
 from torch_featureviz._validation import (
     check_non_negative_int,
     check_positive_int,
     check_prefix,
     check_writable_dir,
 )
-from torch_featureviz.discovery import conv_weights
+from torch_featureviz.capture.discovery import conv_weights
 from torch_featureviz.naming import channels_text, layer_tag, make_tag, unique_tags
-from torch_featureviz.render import (
+from torch_featureviz.render.grids import (
     FilterChannel,
     make_feature_grid,
     make_filter_grid,
     to_display_image,
 )
+from torch_featureviz.render.png import encode_png, tfrecord, to_hwc_numpy
 
-__all__ = ["TensorBoardWriter", "layer_tag", "tensorboard_command"]
+__all__ = ["TensorBoardWriter", "tensorboard_command"]
 
 
 def tensorboard_command(log_dir: str | os.PathLike[str], *, images: int = 0) -> str:
@@ -81,7 +81,7 @@ class _EventFile:
 
     ``SummaryWriter``'s own writer checksums each record in pure Python when TensorFlow is
     absent (~8 MB/s) and reopens the file for every record; this one frames records with the
-    C CRC-32C (:func:`torch_featureviz._png.tfrecord`) and keeps the file open. TensorBoard
+    C CRC-32C (:func:`torch_featureviz.render.png.tfrecord`) and keeps the file open. TensorBoard
     reads it like any other: the name follows ``SummaryWriter``'s pattern, and the first record
     is the file-version event.
     """
@@ -274,8 +274,8 @@ class TensorBoardWriter:
 
     def log_layer_index(self, layers: Iterable[str], step: int = 0) -> None:
         """Record the layers in model order, once per run, for the featureviz TensorBoard tab
-        (``[<prefix>/]featureviz/layers``; see :mod:`torch_featureviz.tb_plugin.metadata`)."""
-        from torch_featureviz.tb_plugin.metadata import layers_summary
+        (``[<prefix>/]featureviz/layers``; see :mod:`torch_featureviz.log.metadata`)."""
+        from torch_featureviz.log.metadata import layers_summary
 
         self.add_summary(layers_summary([layer_tag(k) for k in layers], self.prefix), step)
 

@@ -32,10 +32,10 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
+from torch_featureviz.log.metadata import PLUGIN_NAME, layers_tag, parse_layers
 from torch_featureviz.naming import make_tag, parse_channels_text, parse_tag
-from torch_featureviz.tb_plugin.layout import build_index, grid_geometry
-from torch_featureviz.tb_plugin.metadata import PLUGIN_NAME, layers_tag, parse_layers
-from torch_featureviz.timelapse import encode_timelapse
+from torch_featureviz.viewer.layout import build_index, grid_geometry
+from torch_featureviz.viewer.timelapse import encode_timelapse
 
 __all__ = ["FeatureVizPlugin"]
 
@@ -395,5 +395,5 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         name = request.path.rsplit("/", 1)[-1]
         if name not in _STATIC:
             raise errors.NotFoundError(f"no static file {name!r}")
-        body = (resources.files("torch_featureviz.tb_plugin") / "static" / name).read_bytes()
+        body = (resources.files("torch_featureviz.viewer") / "static" / name).read_bytes()
         return http_util.Respond(request, body, _STATIC[name], expires=60)

@@ -27,7 +27,7 @@ Weights come from one of three places:
 
 The preprocessing that goes with a model (:attr:`LoadedModel.transform`) is the torchvision
 weights' own ``.transforms()`` when they are given, otherwise the documented default,
-:func:`torch_featureviz.images.preprocess` (resize the short side, centre-crop to a square,
+:func:`torch_featureviz.loading.images.preprocess` (resize the short side, centre-crop to a square,
 normalise), with the mean/std timm's config names for timm models and ImageNet's otherwise.
 
 Every user error, whatever the model form, raises :class:`ModelLoadError` (a ``ValueError``)
@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torch_featureviz.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_capped
+from torch_featureviz.loading.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_capped
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model"]
 
@@ -522,7 +522,7 @@ def load_state_dict_strictly(
 
 
 def _per_channel(values: tuple[float, ...], c: int) -> list[float]:
-    """Mean or std for ``c`` channels made by :func:`~torch_featureviz.images.load_image`: channel
+    """Mean or std for ``c`` channels made by :func:`~torch_featureviz.load_image`: channel
     ``i`` repeats colour channel ``i % 3``, so it takes that channel's value."""
     return [values[i % len(values)] for i in range(c)]
 

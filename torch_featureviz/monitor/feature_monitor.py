@@ -14,11 +14,11 @@ per optimisation step::
 
 It wires small parts together (see ``docs/architecture.md``): a
 :class:`~torch_featureviz.FeatureCapture` armed by its ``enabled`` flag around sampled forwards, an
-:class:`~torch_featureviz.statistics.ActivationStatistics` observer on it, a
-:class:`~torch_featureviz.schedule.CaptureSchedule`, and a
-:class:`~torch_featureviz.background.BackgroundWriter` feeding a
-:class:`~torch_featureviz.sink.TensorBoardSink`. Options are a
-:class:`~torch_featureviz.config.MonitorConfig`.
+:class:`~.statistics.ActivationStatistics` observer on it, a
+:class:`~torch_featureviz.monitor.schedule.CaptureSchedule`, and a
+:class:`~torch_featureviz.monitor.background.BackgroundWriter` feeding a
+:class:`~.sink.TensorBoardSink`. Options are a
+:class:`~torch_featureviz.MonitorConfig`.
 
 How it stays cheap:
 
@@ -58,7 +58,7 @@ the model as that step's forward found it (step 0 shows the initial weights):
   checkpoint loaded after the monitor was made; checked on eager, unsharded models). The
   model is restored exactly afterwards. ``input/probe`` shows the probe once;
 - ``activations/<layer>/{mean,std,near_zero,dead_channels}``: float32 statistics of the
-  activation after each conv (see :class:`~torch_featureviz.statistics.ActivationStatistics`),
+  activation after each conv (see :class:`~.statistics.ActivationStatistics`),
   or of the conv's output. ``mean``, ``std`` and ``dead_channels`` cover the whole training
   batch and every channel; ``near_zero`` is the fraction of values with ``|x| <= near_zero``
   in the shown sample; a channel is *active* in a capture when some value is
@@ -76,7 +76,7 @@ ever issued); names never carry DDP's or DataParallel's ``module.`` prefix. Unde
 training (FSDP2's ``fully_shard``, FSDP1) create the monitor on every rank with the same options:
 before each sampled step every rank's ``step()`` (the constructor, for the first; ``prepare()``
 when it announces the step) gathers the watched filters and runs the probe pass, in that order,
-and only rank 0 keeps and writes them (see :mod:`torch_featureviz.sharding`); hooks
+and only rank 0 keeps and writes them (see :mod:`torch_featureviz.monitor.sharding`); hooks
 and the writer thread never issue a collective. ``every_seconds`` is refused there.
 
 Ends of processes: :meth:`FeatureMonitor.close` (or ``with``) writes everything. A monitor that
@@ -109,34 +109,35 @@ from torch_featureviz._validation import (
     check_module,
     check_non_negative_int,
     check_timeout,
+    describe_input,
+    input_hint,
+    unbatched_dims,
 )
-from torch_featureviz.background import BackgroundWriter, Sink
-from torch_featureviz.budget import MapBudget, plan_filters, pool_map
-from torch_featureviz.capture import (
+from torch_featureviz.capture.compat import is_compiling
+from torch_featureviz.capture.discovery import is_compiled, unwrap_model
+from torch_featureviz.capture.hooks import (
     FeatureCapture,
     PassObserver,
     PassRecord,
-    _compiling,
-    _describe_input,
-    _input_hint,
-    _unbatched_dims,
 )
-from torch_featureviz.channels import ChannelChooser
-from torch_featureviz.config import MonitorConfig
-from torch_featureviz.discovery import is_compiled, unwrap_model
-from torch_featureviz.naming import layer_tag, make_tag
-from torch_featureviz.render import to_output_filters
-from torch_featureviz.schedule import CaptureSchedule
-from torch_featureviz.sharding import gather_weights, sharding_of
-from torch_featureviz.sink import (
+from torch_featureviz.capture.pooling import pool_map
+from torch_featureviz.log.tensorboard import TensorBoardWriter
+from torch_featureviz.monitor.background import BackgroundWriter, Sink
+from torch_featureviz.monitor.budget import MapBudget, plan_filters
+from torch_featureviz.monitor.channels import ChannelChooser
+from torch_featureviz.monitor.config import MonitorConfig
+from torch_featureviz.monitor.schedule import CaptureSchedule
+from torch_featureviz.monitor.sharding import gather_weights, sharding_of
+from torch_featureviz.monitor.sink import (
     SUMMARY_NAMES,
     CaptureItem,
     TensorBoardSink,
     start_host_copies,
     stat_groups,
 )
-from torch_featureviz.statistics import STAT_NAMES, ActivationStatistics, DeadChannelWindow
-from torch_featureviz.tensorboard import TensorBoardWriter
+from torch_featureviz.monitor.statistics import STAT_NAMES, ActivationStatistics, DeadChannelWindow
+from torch_featureviz.naming import layer_tag, make_tag
+from torch_featureviz.render.grids import to_output_filters
 
 __all__ = ["FeatureMonitor"]
 
@@ -199,7 +200,7 @@ class _UnchangedCheck(PassObserver):
 
     def start(self, record: PassRecord) -> None:
         marked, self._marked = self._marked, None  # the first pass after the mark decides
-        if marked is not None and not _compiling() and _versions(self.root) != marked:
+        if marked is not None and not is_compiling() and _versions(self.root) != marked:
             self.changed = True
 
 
@@ -229,15 +230,15 @@ class FeatureMonitor:
             capture: an ``(N, C, H, W)`` or ``(C, H, W)`` tensor, a tuple of positional inputs,
             or a dict of keyword inputs; ``None`` disables probe passes.
         layers: conv names or ``fnmatch`` globs to watch; ``None`` watches every conv.
-        config: a :class:`~torch_featureviz.config.MonitorConfig`; keyword ``options`` override
+        config: a :class:`~torch_featureviz.MonitorConfig`; keyword ``options`` override
             its fields.
         sink_wrapper: the seam for tests and instrumentation: called with the
-            :class:`~torch_featureviz.sink.TensorBoardSink` the monitor built, it returns the
-            :class:`~torch_featureviz.background.Sink` the background writer writes into (a
+            :class:`~.sink.TensorBoardSink` the monitor built, it returns the
+            :class:`~torch_featureviz.monitor.background.Sink` the background writer writes into (a
             slow one, a failing one, one that also sends captures elsewhere).
         event_file_opener: the seam for tests that make the disk fail: how the event file is
             opened (see :class:`~torch_featureviz.TensorBoardWriter`'s ``opener``).
-        **options: any other :class:`~torch_featureviz.config.MonitorConfig` field
+        **options: any other :class:`~torch_featureviz.MonitorConfig` field
             (``max_channels``, ``record``, ``on_full``, ``name``, ``histograms``, ...).
 
     Raises:
@@ -420,7 +421,7 @@ class FeatureMonitor:
             "every_seconds": cfg.every_seconds,
             "start_step": cfg.start_step,
             "layers": tuple(capture.layers),
-            "probe": None if probe is None else _describe_input(probe),
+            "probe": None if probe is None else describe_input(probe),
             "filters": self._reads_weights,
         }
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
@@ -466,7 +467,7 @@ class FeatureMonitor:
         x = check_model_input(
             probe,
             sample=capture.sample,
-            unbatched_dims=_unbatched_dims(capture.layers),
+            unbatched_dims=unbatched_dims(capture.layers),
             name="probe",
         )
         if isinstance(x, torch.Tensor):
@@ -478,8 +479,8 @@ class FeatureMonitor:
         except RuntimeError as e:
             cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
             raise ValueError(
-                f"the probe of {_describe_input(x)} does not fit {type(self.root).__name__}: "
-                f"{cause}{_input_hint(cause)}. Pass a probe shaped like one training batch."
+                f"the probe of {describe_input(x)} does not fit {type(self.root).__name__}: "
+                f"{cause}{input_hint(cause)}. Pass a probe shaped like one training batch."
             ) from e
         return x
 
@@ -487,7 +488,7 @@ class FeatureMonitor:
         """Share ``log_budget`` between the filter grids and the maps of each view.
 
         The filter grids take what they need, up to two thirds of it: past that their tiles,
-        then their filter counts, are halved (:func:`~torch_featureviz.budget.plan_filters`),
+        then their filter counts, are halved (:func:`~.budget.plan_filters`),
         so a model with hundreds of convs stays within the budget too. Each view's maps get
         an equal part of the rest. ``max_grid_side`` caps every filter grid as it caps maps.
         """

@@ -12,7 +12,7 @@ maps are read with the weights that batch trains with.
 
 Example::
 
-    from torch_featureviz.lightning import FeatureMonitorCallback
+    from torch_featureviz.integrations.lightning import FeatureMonitorCallback
 
     trainer = lightning.Trainer(callbacks=[FeatureMonitorCallback(every=100, probe=image)])
 """
@@ -37,16 +37,17 @@ except ImportError:  # pragma: no cover - exercised only without `lightning`
         from pytorch_lightning.loggers import TensorBoardLogger  # type: ignore[assignment]
     except ImportError as e:
         raise ImportError(
-            "torch_featureviz.lightning needs PyTorch Lightning, which is not installed. "
+            "torch_featureviz.integrations.lightning needs PyTorch Lightning, which is not "
+            "installed. "
             "Install the extra: pip install torch-featureviz[lightning]"
         ) from e
 
 from torch import nn
 
 from torch_featureviz._validation import ModelInput, check_model_input
-from torch_featureviz.config import MonitorConfig
-from torch_featureviz.monitor import FeatureMonitor
-from torch_featureviz.sharding import sharding_of
+from torch_featureviz.monitor.config import MonitorConfig
+from torch_featureviz.monitor.feature_monitor import FeatureMonitor
+from torch_featureviz.monitor.sharding import sharding_of
 
 __all__ = ["FeatureMonitorCallback"]
 

@@ -177,7 +177,7 @@ def _separators(lines: np.ndarray, size: int, padding: int) -> list[int]:
 def grid_geometry(
     pixels: np.ndarray, *, channels: int | None = None, padding: int = 1
 ) -> GridGeometry:
-    """Find the tile layout of a grid written by :mod:`torch_featureviz.render`.
+    """Find the tile layout of a grid written by :mod:`torch_featureviz.render.grids`.
 
     The writers lay tiles out ``ceil(sqrt(n))`` per row with ``padding`` pixels of the pad
     colour (the corner pixel's) between and around them. With ``channels`` known the layout

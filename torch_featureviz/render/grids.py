@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from torch_featureviz._validation import check_non_negative_int, check_positive_int
-from torch_featureviz.discovery import CONV_TYPES
+from torch_featureviz.capture.discovery import CONV_TYPES
 
 __all__ = [
     "make_feature_grid",

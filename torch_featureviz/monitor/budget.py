@@ -19,65 +19,24 @@ import math
 from collections.abc import Mapping
 
 import torch
-from torch.nn import functional as nnf
 
-from torch_featureviz.sharding import weight_shape
+from torch_featureviz.capture.pooling import BAND, map_pixels
+from torch_featureviz.monitor.sharding import weight_shape
 
 __all__ = [
     "MapBudget",
     "filter_extent",
     "grid_side_cap",
-    "map_pixels",
     "plan_filters",
-    "pool_factor",
-    "pool_map",
     "water_fill",
 ]
-
-#: Height in pixels of one channel's band in a ``(C, L)`` grid (see ``render.ROW_HEIGHT``).
-_BAND = 4
-
-
-def map_pixels(shape: tuple[int, ...]) -> int:
-    """Pixels of the grid of a ``(C, L)``, ``(C, H, W)`` or ``(C, T, H, W)`` map (one frame),
-    counting the 1-px gap beside each tile (a third of a 7x7 map's grid)."""
-    if len(shape) == 2:
-        return shape[0] * shape[1] * _BAND
-    c, h, w = shape[0], shape[-2], shape[-1]
-    return c * (h + 1) * (w + 1)
-
-
-def pool_factor(shape: tuple[int, ...], cap: int | None) -> int:
-    """The smallest integer factor whose average pooling brings the map's grid within ``cap``
-    pixels (1: no pooling)."""
-    if cap is None or map_pixels(shape) <= cap:
-        return 1
-    dims = shape[1:] if len(shape) == 2 else shape[-2:]
-    factor = max(1, math.floor(math.sqrt(map_pixels(shape) / max(cap, 1))))
-    while True:
-        pooled = tuple(math.ceil(d / factor) for d in dims)
-        if map_pixels((shape[0], *pooled)) <= cap or all(d == 1 for d in pooled):
-            return factor
-        factor += 1
-
-
-def pool_map(m: torch.Tensor, factor: int) -> torch.Tensor:
-    """Average-pool a map's spatial dims by ``factor`` (ceil mode, so no position is lost)."""
-    if factor <= 1:
-        return m
-    if m.dim() == 2:  # (C, L)
-        return nnf.avg_pool1d(m.unsqueeze(0), factor, ceil_mode=True)[0]
-    if m.dim() == 3:  # (C, H, W)
-        return nnf.avg_pool2d(m.unsqueeze(0), factor, ceil_mode=True)[0]
-    return nnf.avg_pool3d(m.unsqueeze(0), (1, factor, factor), ceil_mode=True)[0]  # (C, T, H, W)
-
 
 def grid_side_cap(shape: tuple[int, ...], max_side: int | None) -> int | None:
     """The pixel count above which a map's near-square grid would be wider than ``max_side``."""
     if max_side is None:
         return None
     if len(shape) == 2:
-        return max(1, shape[0] * _BAND * max_side)
+        return max(1, shape[0] * BAND * max_side)
     cols = math.ceil(math.sqrt(shape[0]))
     step = max(2, (max_side - 1) // cols)  # a tile and its gap: cols * step + 1 <= max_side
     return shape[0] * step * step

@@ -86,7 +86,7 @@ class MonitorConfig:
             training-batch and probe maps). The filter grids take up to two thirds of it: past
             that their tiles, then the filters per grid, are halved. Maps are average-pooled
             by integer factors to fit the rest, small maps first keeping their native
-            resolution (see :mod:`torch_featureviz.budget`); ``None`` logs native resolution.
+            resolution (see :mod:`~.budget`); ``None`` logs native resolution.
         max_grid_side: the longest side of any grid, filters and maps, in pixels (``None``:
             no limit), so a huge input or conv gives a bounded image and bounded memory.
         filter_tile: the filter tile width in pixels (filters are upscaled by an integer

@@ -35,14 +35,19 @@ from torch_featureviz._validation import (
     ModelInput,
     check_bool,
     check_choice,
+    check_model_input,
     check_module,
     check_non_negative_int,
     check_positive_int,
+    describe_input,
     forward_args,
+    input_hint,
     match_model,
+    unbatched_dims,
 )
-from torch_featureviz.budget import pool_factor, pool_map
-from torch_featureviz.discovery import ConvTypes, find_conv_layers, unwrap_model
+from torch_featureviz.capture.compat import in_backward, is_compiling
+from torch_featureviz.capture.discovery import ConvTypes, find_conv_layers, unwrap_model
+from torch_featureviz.capture.pooling import pool_factor, pool_map
 from torch_featureviz.naming import CallCounter
 
 __all__ = [
@@ -61,26 +66,6 @@ _RECORD: tuple[Record, ...] = ("all", "grad")
 #: ``torch.save(model)`` writes a file that loads without torch_featureviz installed (it pickles
 #: as ``getattr(None, "__init__")``).
 _INERT = None.__init__  # type: ignore[misc]
-
-
-_is_compiling: Callable[[], bool] = (
-    torch.compiler.is_compiling
-    if hasattr(getattr(torch, "compiler", None), "is_compiling")
-    else torch._dynamo.is_compiling  # torch 2.2
-)
-
-
-def _compiling() -> bool:
-    return bool(_is_compiling())
-
-
-_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
-
-
-def _in_backward() -> bool:
-    """Whether autograd is running a backward pass on this thread: activation checkpointing
-    (``torch.utils.checkpoint``, reentrant or not) re-runs forward there."""
-    return _graph_task_id is not None and _graph_task_id() != -1
 
 
 class _Hook:
@@ -134,7 +119,7 @@ class _RootPreHook(_Hook):
         cap = self.capture
         # How the model runs, for the monitor: hooks removed between captures are never seen
         # again by a graph Dynamo traced with them (nor added to one traced without them).
-        if _compiling():
+        if is_compiling():
             cap.compiled = True
         elif not cap._probing:  # probe passes call the unwrapped model, never compiled
             cap.ran_eagerly = True
@@ -284,7 +269,7 @@ class FeatureCapture:
         if pixel_cap is not None and not callable(pixel_cap):
             raise TypeError(f"pixel_cap must be callable or None, got {type(pixel_cap).__name__}.")
         #: ``(key, kept map shape) -> the most pixels its grid may have``, or None; larger maps
-        #: are average-pooled by an integer factor in the hook (see :mod:`torch_featureviz.budget`).
+        #: are average-pooled by an integer factor in the hook (the monitor's byte budget).
         self.pixel_cap = pixel_cap
         #: ``{layer key: channel indices}`` to keep instead of the first ``max_channels``
         #: (on the maps' device); set by the monitor's channel choice.
@@ -430,7 +415,7 @@ class FeatureCapture:
             return True
         if self.record == "grad" and not torch.is_grad_enabled():
             return False
-        return _compiling() or not _in_backward()
+        return is_compiling() or not in_backward()
 
     def _open(self, kind: str, opener: str | None = None) -> PassRecord:
         record = PassRecord(kind=kind, index=self._next_index, opener=opener)
@@ -491,7 +476,7 @@ class FeatureCapture:
                 self._note(record, "<end>", f"{type(e).__name__}: {e}", "observer")
 
     def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
-        if _compiling():
+        if is_compiling():
             self.compiled = True  # a compiled forward whose root hooks run outside the graph
         if self._device is not None and getattr(output, "device", None) != self._device:
             return
@@ -576,7 +561,7 @@ class FeatureCapture:
             factor = pool_factor(shape, self.pixel_cap(key, shape))
         # Always a copy: the conv output may be overwritten in place after the hook returns.
         # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
-        if _is_compiling():
+        if is_compiling():
             return _copy(out, factor, None)  # buffer reuse is never traced
         spare = self._spares.pop(key, None) if self.reuse_buffers and factor == 1 else None
         if torch.is_inference_mode_enabled():
@@ -630,7 +615,7 @@ class FeatureCapture:
         except Exception as e:
             raise RuntimeError(
                 f"the forward pass of {type(self.root).__name__} failed on an input of "
-                f"{_describe_input(inputs)}: {e}{_input_hint(e)}"
+                f"{describe_input(inputs)}: {e}{input_hint(e)}"
             ) from e
 
 
@@ -649,27 +634,6 @@ def _copy(out: torch.Tensor, factor: int, spare: torch.Tensor | None = None) -> 
     if out.dtype == torch.float32:
         return out.clone(memory_format=torch.contiguous_format)  # cheaper than .to(copy=True)
     return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-
-
-def _input_hint(error: Exception) -> str:
-    """A hint for the commonest probe mistakes, read from the forward's own error."""
-    text = str(error)
-    if "channels, but got 1 channels" in text:
-        return " (repeat a grayscale image to 3 channels with x.expand(-1, 3, -1, -1))"
-    if "channels" in text:
-        return " (check the (N, C, ...) layout and the channel count of the input)"
-    return ""
-
-
-def _describe_input(inputs: ModelInput) -> str:
-    """``"shape (1, 3, 20, 20)"``, or each input's shape for tuples and dicts."""
-    args, kwargs = forward_args(inputs)
-
-    def one(v: Any) -> str:
-        return f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
-
-    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
-    return ", ".join(parts) if parts else "no input"
 
 
 @contextmanager
@@ -727,14 +691,5 @@ def capture_feature_maps(
     cap = FeatureCapture(
         model, layers, max_channels=max_channels, sample=sample, max_calls=max_calls, types=types
     )
-    from torch_featureviz._validation import check_model_input
-
-    x = check_model_input(image, sample=sample, unbatched_dims=_unbatched_dims(cap.layers))
+    x = check_model_input(image, sample=sample, unbatched_dims=unbatched_dims(cap.layers))
     return cap.probe(x)
-
-
-def _unbatched_dims(layers: Mapping[str, nn.Module]) -> int | None:
-    """How many dims an unbatched input of these convs has (3 for Conv2d's ``(C, H, W)``)."""
-    first = next(iter(layers.values()), None)
-    size = getattr(first, "kernel_size", None)
-    return None if size is None else len(size) + 1

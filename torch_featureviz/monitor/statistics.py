@@ -1,6 +1,6 @@
 """Activation statistics: tiny reductions in the hooks, finished on the writer thread.
 
-:class:`ActivationStatistics` is a :class:`~torch_featureviz.capture.PassObserver`: during a
+:class:`ActivationStatistics` is a :class:`~torch_featureviz.capture.hooks.PassObserver`: during a
 captured training pass it reduces each conv output to a few float32 numbers on the output's
 device (no host sync, no full-size temporaries), and publishes them with the pass. The writer
 thread turns them into the logged values (:func:`finish_stats`) and keeps the dead-channel
@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torch_featureviz.capture import PassObserver, PassRecord, _compiling
+from torch_featureviz.capture.compat import is_compiling
+from torch_featureviz.capture.hooks import PassObserver, PassRecord
 
 __all__ = [
     "ACTIVATIONS",
@@ -147,7 +148,7 @@ class ActivationStatistics(PassObserver):
         spatial = self._spatial.get(key)
         if spatial is None:
             spatial = self._spatial[key] = len(getattr(module, "kernel_size", (0, 0)))
-        if self.after_activation and not _compiling():
+        if self.after_activation and not is_compiling():
             version = self._follow(output, key)
             if key in self._followed:  # its activation will be reduced instead
                 self._waiting[key] = (output, version, spatial)
@@ -164,7 +165,7 @@ class ActivationStatistics(PassObserver):
             return
         x = args[0]
         seen = self._flow.get(id(x))
-        if seen is None or not isinstance(output, torch.Tensor) or _compiling():
+        if seen is None or not isinstance(output, torch.Tensor) or is_compiling():
             return
         source, version = seen
         kind = self._kinds.get(name)

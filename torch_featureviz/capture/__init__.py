@@ -1,0 +1,32 @@
+"""Find layers and capture what they compute: discovery, forward hooks (one mechanism for a
+pass), the original article's chain mode, and map pooling."""
+
+from torch_featureviz.capture.chain import chain_feature_maps
+from torch_featureviz.capture.discovery import (
+    CONV_TYPES,
+    Extractor,
+    find_conv_layers,
+    find_linear_layers,
+    unwrap_model,
+)
+from torch_featureviz.capture.hooks import (
+    FeatureCapture,
+    PassObserver,
+    PassRecord,
+    capture_feature_maps,
+    preserved_state,
+)
+
+__all__ = [
+    "CONV_TYPES",
+    "Extractor",
+    "FeatureCapture",
+    "PassObserver",
+    "PassRecord",
+    "capture_feature_maps",
+    "chain_feature_maps",
+    "find_conv_layers",
+    "find_linear_layers",
+    "preserved_state",
+    "unwrap_model",
+]

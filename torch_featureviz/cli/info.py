@@ -1,0 +1,84 @@
+"""``featureviz info MODEL``: the Extractor summary and a table of every conv layer."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch_featureviz
+from torch_featureviz.cli.common import EXIT_OK, table, wrap
+from torch_featureviz.cli.loading import Parents, format_size, forward, load, select_layers
+
+
+def _output_sizes(
+    model: Any, args: argparse.Namespace, size: int | tuple[int, int], device: Any
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Each conv's output shape from one real forward pass of zeros (the model is unchanged)."""
+    import torch
+
+    from torch_featureviz.capture.hooks import capture_feature_maps
+    from torch_featureviz.naming import split_call_key
+
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.zeros(1, args.input_channels, h, w, device=device)
+    with forward(args):
+        maps = capture_feature_maps(model, x, max_channels=1)
+    shapes: dict[str, tuple[int, ...]] = {}
+    calls: dict[str, int] = {}
+    for key, m in maps.items():
+        name, _ = split_call_key(key)
+        calls[name] = calls.get(name, 0) + 1
+        shapes.setdefault(name, tuple(int(s) for s in m.shape[1:]))
+    return shapes, calls
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    model = loaded.model
+    layers = select_layers(model, args)
+    info = torch_featureviz.Extractor(model).info()
+    size = loaded.input_size
+    shapes, calls = _output_sizes(model, args, size, next(model.parameters()).device)
+    size_label = f"{args.input_channels}x{format_size(size)}"
+    rows = [["layer", "in->out", "kernel", "stride", "groups", f"output @ {size_label}"]]
+    for name, conv in layers.items():
+        out = "not run"
+        if name in shapes:
+            out = "x".join(str(n) for n in (conv.out_channels, *shapes[name]))
+            if calls[name] > 1:
+                out += f" ({calls[name]} calls)"
+        rows.append(
+            [
+                name,
+                f"{conv.in_channels}->{conv.out_channels}",
+                "x".join(str(k) for k in conv.kernel_size),
+                "x".join(str(s) for s in conv.stride),
+                str(conv.groups),
+                out,
+            ]
+        )
+    if args.quiet:
+        return EXIT_OK
+    print(f"model: {loaded.description}")
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    print()
+    for line in table(rows, right={4}):
+        print(line)
+    print(f"\n{len(layers)} conv layers (output size from one forward pass of zeros).")
+    return EXIT_OK
+
+
+def register(sub: Any, parents: Parents) -> None:
+    p = sub.add_parser(
+        "info",
+        parents=[parents.model],
+        help="the Extractor summary and a table of every conv layer",
+        description=wrap(
+            "Print the Extractor summary and, for every conv layer, its channels, kernel, "
+            "stride, groups and output size (from one forward pass of zeros at --input-size "
+            "with --input-channels; the model is left unchanged)."
+        ),
+        **parents.formatting,
+    )
+    p.set_defaults(func=run)
