@@ -66,7 +66,7 @@ def _imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module != "torch_featureviz" and not node.module.startswith("torch_featureviz."):
+            if node.module.partition(".")[0] != "torch_featureviz":
                 continue
             module = node.module.removeprefix("torch_featureviz").removeprefix(".")
             folder = PACKAGE.joinpath(*module.split(".")) if module else PACKAGE
