@@ -115,6 +115,14 @@ def save_comparison_figure(
     Raises:
         ValueError: unsupported file suffix, or maps that are not ``(C, H, W)``.
         OSError: the directory cannot be written.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> m = torch.rand(4, 8, 8)
+        >>> path = Path(tempfile.mkdtemp()) / "compare_conv1.png"
+        >>> save_comparison_figure("conv1", m, m, path, similarity=map_similarity(m, m)).name
+        'compare_conv1.png'
     """
     path = Path(path)
     check_suffix(path)
@@ -156,6 +164,13 @@ def save_similarity_figure(
     Raises:
         ValueError: ``similarity`` is empty, or unsupported file suffix.
         OSError: the directory cannot be written.
+
+    Example::
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "similarity.png"
+        >>> save_similarity_figure({"conv1": 0.98, "conv2": 0.4, "conv3": float("nan")}, path).name
+        'similarity.png'
     """
     if not similarity:
         raise ValueError("similarity is empty: compare at least one layer.")
@@ -189,7 +204,15 @@ def save_similarity_figure(
 def map_similarities(
     chain_maps: Mapping[str, torch.Tensor], hook_maps: Mapping[str, torch.Tensor]
 ) -> dict[str, float]:
-    """:func:`map_similarity` of every layer in both mappings, in ``chain_maps``' order."""
+    """:func:`map_similarity` of every layer in both mappings, in ``chain_maps``' order.
+
+    Example::
+
+        >>> import torch
+        >>> m = torch.rand(2, 6, 6)
+        >>> {name: round(s, 6) for name, s in map_similarities({"c": m, "x": m}, {"c": m}).items()}
+        {'c': 1.0}
+    """
     for label, maps in (("chain_maps", chain_maps), ("hook_maps", hook_maps)):
         if not isinstance(maps, Mapping):
             kind = type(maps).__name__
@@ -228,6 +251,14 @@ def save_comparison_figures(
         TypeError, ValueError: a bad argument, no layer in both mappings, or neither ``out_dir``
             nor ``writer``.
         OSError: ``out_dir`` cannot be written.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> chain = {"conv1": torch.rand(4, 16, 16), "conv2": torch.rand(2, 8, 8)}
+        >>> hook = {"conv1": torch.rand(4, 8, 8), "conv2": torch.rand(2, 4, 4)}
+        >>> [p.name for p in save_comparison_figures(chain, hook, tempfile.mkdtemp())]
+        ['compare_conv1.png', 'compare_conv2.png', 'similarity.png']
     """
     values = dict(map_similarities(chain_maps, hook_maps) if similarity is None else similarity)
     if not values:

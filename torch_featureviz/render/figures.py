@@ -69,6 +69,13 @@ def save_grid_figure(
 
     Returns:
         The path written.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> grid = make_filter_grid(torch.nn.Conv2d(3, 4, 3))
+        >>> save_grid_figure(grid, Path(tempfile.mkdtemp()) / "conv.png", title="conv").name
+        'conv.png'
     """
     path = Path(path)
     check_suffix(path)
@@ -94,7 +101,16 @@ def save_overview(
     title: str | None = None,
     max_panels: int = 64,
 ) -> Path:
-    """Save many grids as one figure of titled panels (the first ``max_panels`` of them)."""
+    """Save many grids as one figure of titled panels (the first ``max_panels`` of them).
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> grids = {"maps": make_feature_grid(torch.rand(4, 6, 6)),
+        ...          "filters": make_filter_grid(torch.nn.Conv2d(3, 2, 3))}
+        >>> save_overview(grids, Path(tempfile.mkdtemp()) / "all.png", title="maps").name
+        'all.png'
+    """
     path = Path(path)
     check_suffix(path)
     check_writable_dir(path.parent)
@@ -190,6 +206,13 @@ def save_filter_figures(
         TypeError, ValueError: a bad argument, a ``channel`` a layer cannot show, or neither
             ``out_dir`` nor ``writer``.
         OSError: ``out_dir`` cannot be written.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+        >>> [p.name for p in save_filter_figures(model, tempfile.mkdtemp())]
+        ['filters_0.png', 'filters_1.png', 'filters_overview.png']
     """
     weights: Mapping[str, Any] = conv_weights(model_or_layers, layers)
     out = check_targets(out_dir, writer, fmt)
@@ -236,6 +259,13 @@ def save_feature_figures(
         TypeError, ValueError: a bad argument (an unknown ``cmap``, a name not in ``maps``),
             empty ``maps``, or neither ``out_dir`` nor ``writer``.
         OSError: ``out_dir`` cannot be written.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> maps = {"conv1": torch.rand(4, 8, 8), "layer1.0.conv1": torch.rand(2, 4, 4)}
+        >>> [p.name for p in save_feature_figures(maps, tempfile.mkdtemp(), cmap="viridis")]
+        ['maps_hook_conv1.png', 'maps_hook_layer1.0.conv1.png', 'maps_hook_overview.png']
     """
     if not isinstance(maps, Mapping):
         raise TypeError(f"maps must be a {{name: tensor}} mapping, got {type(maps).__name__}.")

@@ -132,6 +132,13 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
 
     Args:
         context: TensorBoard's ``TBContext``; only its ``data_provider`` is used.
+
+    Example::
+
+        >>> from tensorboard.plugins import base_plugin
+        >>> plugin = FeatureVizPlugin(base_plugin.TBContext(data_provider=None))
+        >>> plugin.plugin_name, plugin.is_active(), sorted(plugin.get_plugin_apps())[:3]
+        ('featureviz', False, ['/deadmap', '/image', '/index'])
     """
 
     plugin_name = PLUGIN_NAME
