@@ -33,7 +33,14 @@ PACKAGES: list[set[str]] = [
 #: Inside each subpackage, lowest first. ``__init__`` only re-exports, so it sits on top.
 MODULES: dict[str, list[set[str]]] = {
     "loading": [{"images"}, {"models"}, {"__init__"}],
-    "capture": [{"compat", "pooling"}, {"discovery"}, {"chain", "hooks"}, {"__init__"}],
+    "capture": [
+        {"compat", "pooling", "handles", "state"},
+        {"discovery", "passes"},
+        {"selection"},
+        {"chain", "hooks"},
+        {"probe"},
+        {"__init__"},
+    ],
     "render": [{"png"}, {"grids"}, {"figures"}, {"__init__"}],
     "log": [{"metadata"}, {"tensorboard"}, {"__init__"}],
     "meaning": [{"__init__"}],

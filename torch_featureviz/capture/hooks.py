@@ -20,11 +20,10 @@ be captured is skipped, counted in :attr:`PassRecord.skipped`, and warned about 
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -35,7 +34,6 @@ from torch_featureviz._validation import (
     ModelInput,
     check_bool,
     check_choice,
-    check_model_input,
     check_module,
     check_non_negative_int,
     check_positive_int,
@@ -43,154 +41,18 @@ from torch_featureviz._validation import (
     forward_args,
     input_hint,
     match_model,
-    unbatched_dims,
 )
 from torch_featureviz.capture.compat import in_backward, is_compiling
 from torch_featureviz.capture.discovery import ConvTypes, find_conv_layers, unwrap_model
-from torch_featureviz.capture.pooling import pool_factor, pool_map
-from torch_featureviz.naming import CallCounter
+from torch_featureviz.capture.handles import InertOnCopy
+from torch_featureviz.capture.passes import PassObserver, PassRecord
+from torch_featureviz.capture.selection import MapSelector, PixelCap
+from torch_featureviz.capture.state import preserved_state
 
-__all__ = [
-    "FeatureCapture",
-    "PassObserver",
-    "PassRecord",
-    "capture_feature_maps",
-    "preserved_state",
-]
+__all__ = ["FeatureCapture", "PassObserver", "PassRecord", "preserved_state"]
 
 Record = Literal["all", "grad"]
 _RECORD: tuple[Record, ...] = ("all", "grad")
-
-#: A builtin that takes any arguments and returns None. A copied or pickled model gets this in
-#: place of the package's hooks, so ``copy.deepcopy`` (EMA and SWA models) yields inert hooks and
-#: ``torch.save(model)`` writes a file that loads without torch_featureviz installed (it pickles
-#: as ``getattr(None, "__init__")``).
-_INERT = None.__init__  # type: ignore[misc]
-
-
-class _Hook:
-    """A hook of a capture. Copies and pickles as :data:`_INERT`, so a copied model does no
-    capture work and a saved one does not need this package."""
-
-    __slots__ = ("capture", "name")
-
-    def __init__(self, capture: FeatureCapture, name: str) -> None:
-        self.capture = capture
-        self.name = name
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return _INERT
-
-    def __copy__(self) -> Any:
-        return _INERT
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, str]]:
-        return getattr, (None, "__init__")
-
-
-class _ConvHook(_Hook):
-    __slots__ = ()
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        cap = self.capture
-        if cap.enabled:
-            cap._on_output(self.name, module, output)
-
-
-class _ModuleHook(_Hook):
-    """A hook on a module an observer asked to watch (see :meth:`PassObserver.watch`)."""
-
-    __slots__ = ("observer",)
-
-    def __init__(self, capture: FeatureCapture, name: str, observer: PassObserver) -> None:
-        super().__init__(capture, name)
-        self.observer = observer
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        cap = self.capture
-        if cap.enabled and cap._pending is not None and self.observer in cap._observing:
-            cap._on_module_output(self.observer, self.name, module, args, output)
-
-
-class _RootPreHook(_Hook):
-    __slots__ = ()
-
-    def __call__(self, module: nn.Module, args: Any) -> None:
-        cap = self.capture
-        # How the model runs, for the monitor: hooks removed between captures are never seen
-        # again by a graph Dynamo traced with them (nor added to one traced without them).
-        if is_compiling():
-            cap.compiled = True
-        elif not cap._probing:  # probe passes call the unwrapped model, never compiled
-            cap.ran_eagerly = True
-        if cap.enabled:
-            cap._start_root_pass()
-
-
-class _RootPostHook(_Hook):
-    __slots__ = ()
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        # Registered with always_call=True: it also runs when the forward raised an Exception
-        # (then ``output`` is None). A KeyboardInterrupt skips it; the next pass start or
-        # ``end_pass()`` clears what it left.
-        cap = self.capture
-        if cap._pending is not None or cap._in_root:
-            cap._end_root_pass(failed=output is None and sys.exc_info()[0] is not None)
-
-
-@dataclass
-class PassRecord:
-    """One pass of a :class:`FeatureCapture`, as observers see it and as it is published."""
-
-    #: ``"root"``, ``"implicit"`` or ``"probe"`` (see the module docstring).
-    kind: str
-    #: The number of this pass among the capture's passes (0-based).
-    index: int
-    #: ``{key: map}``: ``(C, *spatial)`` float32 copies of the kept sample, in call order.
-    maps: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: ``{key: reason}`` for conv calls that could not be captured in this pass.
-    skipped: dict[str, str] = field(default_factory=dict)
-    #: For an implicit pass, the layer whose call opened it.
-    opener: str | None = None
-    #: ``{key: (C,) mean of each channel of the kept sample}``, every channel (only when the
-    #: capture's ``track_channel_means`` is on).
-    channel_means: dict[str, torch.Tensor] = field(default_factory=dict)
-    calls: CallCounter = field(default_factory=CallCounter, repr=False)
-
-
-class PassObserver:
-    """Work added to every captured pass: subclass and pass it to :class:`FeatureCapture`.
-
-    The methods run inside the model's forward, on the conv output's device: keep them to a few
-    tensor ops, with no host sync. An exception they raise is caught, the call is recorded in
-    :attr:`PassRecord.skipped` and a warning is issued once; it never reaches the user's code.
-    """
-
-    #: Whether probe passes (:meth:`FeatureCapture.probe`) reach this observer at all. An
-    #: observer that ignores them says so, and its methods and watched modules' hooks then
-    #: cost a probe pass nothing.
-    observes_probes: bool = True
-
-    def start(self, record: PassRecord) -> None:
-        """A pass opened."""
-
-    def output(self, record: PassRecord, key: str, module: nn.Module, output: torch.Tensor) -> None:
-        """Conv call ``key`` of the pass produced ``output`` (the full batch, not detached)."""
-
-    def end(self, record: PassRecord, complete: bool) -> None:
-        """The pass closed; ``complete`` is False when the forward raised (it is dropped)."""
-
-    def watch(self, root: nn.Module) -> Mapping[str, nn.Module]:
-        """Other modules of ``root`` whose outputs this observer wants (by qualified name);
-        their outputs arrive in :meth:`module_output` during captured passes."""
-        return {}
-
-    def module_output(
-        self, record: PassRecord, name: str, module: nn.Module, args: Any, output: Any
-    ) -> None:
-        """A watched module ran inside a captured pass."""
-
 
 class FeatureCapture:
     """Forward hooks on a model's conv layers that keep one sample's activations.
@@ -227,6 +89,8 @@ class FeatureCapture:
         pixel_cap: called with each kept map's key and shape, returns the most pixels its grid
             may have (``None``: no limit); larger maps are average-pooled by an integer factor,
             on device, before the copy. The monitor's byte budget is one.
+        track_channel_means: record each kept sample's per-channel means (every channel) in
+            :attr:`PassRecord.channel_means` (the monitor's channel choice reads them).
         reuse_buffers: an opt-in for loops that look at each pass's maps and let them go:
             each pass copies into the tensors of the pass *before* the last one instead of
             allocating (on CPU, ~14 MB of fresh copies a pass on resnet50 cost page faults).
@@ -259,25 +123,23 @@ class FeatureCapture:
         max_calls: int | None = None,
         observers: Iterable[PassObserver] = (),
         types: ConvTypes | None = None,
-        pixel_cap: Callable[[str, tuple[int, ...]], int | None] | None = None,
+        pixel_cap: PixelCap | None = None,
+        track_channel_means: bool = False,
         reuse_buffers: bool = False,
     ) -> None:
         check_module(model)
-        #: Copy each pass into the tensors of the pass before the last one (see Args).
-        self.reuse_buffers = check_bool(reuse_buffers, "reuse_buffers")
-        self._spares: dict[str, torch.Tensor] = {}
         if pixel_cap is not None and not callable(pixel_cap):
             raise TypeError(f"pixel_cap must be callable or None, got {type(pixel_cap).__name__}.")
-        #: ``(key, kept map shape) -> the most pixels its grid may have``, or None; larger maps
-        #: are average-pooled by an integer factor in the hook (the monitor's byte budget).
-        self.pixel_cap = pixel_cap
-        #: ``{layer key: channel indices}`` to keep instead of the first ``max_channels``
-        #: (on the maps' device); set by the monitor's channel choice.
-        self.channel_index: dict[str, torch.Tensor] = {}
-        #: Record each kept sample's per-channel means in ``PassRecord.channel_means``.
-        self.track_channel_means = False
         self.max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
         self.sample = check_non_negative_int(sample, "sample")
+        #: What each hook keeps of its conv's output (sample, channels, pixel cap, copy).
+        self.selector = MapSelector(
+            sample=self.sample,
+            max_channels=self.max_channels,
+            pixel_cap=pixel_cap,
+            track_channel_means=check_bool(track_channel_means, "track_channel_means"),
+            reuse_buffers=check_bool(reuse_buffers, "reuse_buffers"),
+        )
         self.record: Record = check_choice(record, "record", _RECORD)
         self.max_calls = check_positive_int(max_calls, "max_calls", allow_none=True)
         self.observers: list[PassObserver] = list(observers)
@@ -321,20 +183,41 @@ class FeatureCapture:
             # so they cannot overwrite each other (sample indexes that chunk).
             self._device = torch.device("cuda", model.device_ids[0])
 
-    # -- what users read -----------------------------------------------------------------------
+    # -- settings, and what users read -----------------------------------------------------------
+    @property
+    def reuse_buffers(self) -> bool:
+        """Whether passes copy into the tensors of the pass before the last one."""
+        return self.selector.reuse_buffers
+
+    @property
+    def channel_index(self) -> dict[str, torch.Tensor]:
+        """``{layer key: channel indices}`` to keep instead of the first ``max_channels`` (on
+        the maps' device); set by the monitor's channel choice."""
+        return self.selector.channel_index
+
+    @channel_index.setter
+    def channel_index(self, index: dict[str, torch.Tensor]) -> None:
+        self.selector.channel_index = index
+
+    def _current(self) -> PassRecord | None:
+        """The pass :attr:`maps` shows: an implicit pass in flight (it has no end of its own
+        until the next pass or :meth:`end_pass`), else the last published one. Reads only."""
+        pending = self._pending
+        return pending if pending is not None and pending.kind == "implicit" else self.last
+
     @property
     def maps(self) -> dict[str, torch.Tensor]:
-        """``{key: map}`` of the last complete pass (an implicit pass in flight is published
-        first)."""
-        if self._pending is not None and self._pending.kind == "implicit":
-            self._publish()
-        return {} if self.last is None else self.last.maps
+        """``{key: map}`` of the last complete pass, or of an implicit pass in flight (reading
+        it changes nothing: the pass is published at its end)."""
+        current = self._current()
+        return {} if current is None else current.maps
 
     @property
     def skipped(self) -> dict[str, str]:
-        """``{key: reason}`` for the conv calls the last pass could not capture."""
-        self.maps  # noqa: B018 - publishes an implicit pass in flight
-        return {} if self.last is None else self.last.skipped
+        """``{key: reason}`` for the conv calls the last pass (as :attr:`maps`) could not
+        capture."""
+        current = self._current()
+        return {} if current is None else current.skipped
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -348,17 +231,19 @@ class FeatureCapture:
             raise RuntimeError("This FeatureCapture is already attached; use it once at a time.")
         try:
             self._handles["<root-pre>"] = self.root.register_forward_pre_hook(
-                _RootPreHook(self, "")
+                InertOnCopy(self._on_root_pre)
             )
             for name, module in self.layers.items():
-                self._handles[name] = module.register_forward_hook(_ConvHook(self, name))
+                self._handles[name] = module.register_forward_hook(
+                    InertOnCopy(functools.partial(self._on_conv, name))
+                )
             for k, obs in enumerate(self.observers):
                 for name, module in obs.watch(self.root).items():
                     self._handles[f"<observer{k}>{name}"] = module.register_forward_hook(
-                        _ModuleHook(self, name, obs)
+                        InertOnCopy(functools.partial(self._on_watched, obs, name))
                     )
             self._handles["<root-post>"] = self.root.register_forward_hook(
-                _RootPostHook(self, ""), always_call=True
+                InertOnCopy(self._on_root_post), always_call=True
             )
         except BaseException:
             self.remove()
@@ -455,10 +340,10 @@ class FeatureCapture:
         record, self._pending = self._pending, None
         assert record is not None
         self._finish(record, complete=True)
-        if self.reuse_buffers and record.kind != "probe":
+        if record.kind != "probe":
             # The previous pass's tensors may now be overwritten (the documented contract);
             # the one just published stays intact until the next pass is.
-            self._spares = {} if self.last is None else dict(self.last.maps)
+            self.selector.recycle(self.last)
         self.last = record
         self.passes += 1
 
@@ -474,6 +359,40 @@ class FeatureCapture:
                 obs.end(record, complete)
             except Exception as e:  # noqa: BLE001
                 self._note(record, "<end>", f"{type(e).__name__}: {e}", "observer")
+
+    # -- the hooks (wrapped in InertOnCopy) ---------------------------------------------------
+    def _on_root_pre(self, module: nn.Module, args: Any) -> None:
+        # How the model runs, for the monitor: hooks removed between captures are never seen
+        # again by a graph Dynamo traced with them (nor added to one traced without them).
+        if is_compiling():
+            self.compiled = True
+        elif not self._probing:  # probe passes call the unwrapped model, never compiled
+            self.ran_eagerly = True
+        if self.enabled:
+            self._start_root_pass()
+
+    def _on_root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        # Registered with always_call=True: it also runs when the forward raised an Exception
+        # (then ``output`` is None). A KeyboardInterrupt skips it; the next pass start or
+        # ``end_pass()`` clears what it left.
+        if self._pending is not None or self._in_root:
+            self._end_root_pass(failed=output is None and sys.exc_info()[0] is not None)
+
+    def _on_conv(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if self.enabled:
+            self._on_output(name, module, output)
+
+    def _on_watched(
+        self, observer: PassObserver, name: str, module: nn.Module, args: Any, output: Any
+    ) -> None:
+        """A module an observer asked to watch ran (see :meth:`PassObserver.watch`)."""
+        record = self._pending
+        if not self.enabled or record is None or observer not in self._observing:
+            return
+        try:
+            observer.module_output(record, name, module, args, output)
+        except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
+            self._note(record, name, f"{type(e).__name__}: {e}", type(e).__name__)
 
     def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
         if is_compiling():
@@ -493,25 +412,16 @@ class FeatureCapture:
         if self.max_calls is not None and index >= self.max_calls:
             return
         try:
-            kept = self._select(output, name, record, key)
-            if kept is not None:
+            kept = self.selector.select(output, self._spatial[name], key, record)
+            if isinstance(kept, tuple):
+                self._note(record, key, *kept)
+            else:
                 record.maps[key] = kept
             if isinstance(output, torch.Tensor):
                 for obs in self._observing:
                     obs.output(record, key, module, output)
         except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
             self._note(record, key, f"{type(e).__name__}: {e}", type(e).__name__)
-
-    def _on_module_output(
-        self, observer: PassObserver, name: str, module: nn.Module, args: Any, output: Any
-    ) -> None:
-        record = self._pending
-        if record is None:
-            return
-        try:
-            observer.module_output(record, name, module, args, output)
-        except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
-            self._note(record, name, f"{type(e).__name__}: {e}", type(e).__name__)
 
     def _note(self, record: PassRecord, key: str, reason: str, kind: str) -> None:
         """Record that call ``key`` was not captured, and warn once per ``kind`` of reason."""
@@ -526,51 +436,10 @@ class FeatureCapture:
                 stacklevel=2,
             )
 
-    def _select(
-        self, output: Any, name: str, record: PassRecord, key: str
-    ) -> torch.Tensor | None:
-        # The hot path of hook mode: every captured conv call runs it, so it avoids work
-        # that changes nothing (a detach without autograd, a slice that keeps every channel).
-        if not isinstance(output, torch.Tensor):
-            self._note(
-                record, key, f"its output is a {type(output).__name__}, not a tensor", "type"
-            )
-            return None
-        spatial = self._spatial[name]
-        out = output.detach() if output.requires_grad else output
-        dims = out.dim()
-        if dims == spatial + 2:  # batched (N, C, *spatial)
-            if self.sample >= out.shape[0]:
-                reason = f"the batch of {out.shape[0]} has no sample {self.sample}"
-                self._note(record, key, reason, "batch")
-                return None
-            out = out.select(0, self.sample)
-        elif dims != spatial + 1:  # an unbatched conv call gives (C, *spatial)
-            self._note(record, key, f"unexpected output shape {tuple(out.shape)}", "shape")
-            return None
-        if self.track_channel_means:
-            record.channel_means[key] = out.detach().float().flatten(1).mean(1)
-        chosen = self.channel_index.get(key)
-        if chosen is not None and chosen.device == out.device and chosen.numel():
-            out = out.index_select(0, chosen)
-        elif self.max_channels is not None and out.shape[0] > self.max_channels:
-            out = out.narrow(0, 0, self.max_channels)
-        factor = 1
-        if self.pixel_cap is not None:
-            shape = tuple(out.shape)
-            factor = pool_factor(shape, self.pixel_cap(key, shape))
-        # Always a copy: the conv output may be overwritten in place after the hook returns.
-        # Outside inference mode, so the copy is an ordinary tensor users can do anything with.
-        if is_compiling():
-            return _copy(out, factor, None)  # buffer reuse is never traced
-        spare = self._spares.pop(key, None) if self.reuse_buffers and factor == 1 else None
-        if torch.is_inference_mode_enabled():
-            with torch.inference_mode(False):
-                return _copy(out, factor, spare)
-        return _copy(out, factor, spare)
-
     # -- probe passes ------------------------------------------------------------------------------
-    def probe(self, inputs: ModelInput, *, record: bool = True) -> dict[str, torch.Tensor]:
+    def probe(
+        self, inputs: ModelInput, *, keep: bool = True, record: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """Run one probe pass of ``inputs`` and return its maps, leaving the model unchanged.
 
         The pass runs under ``torch.no_grad()`` in eval mode; train flags and RNG state are
@@ -580,15 +449,23 @@ class FeatureCapture:
 
         Args:
             inputs: the probe input.
-            record: ``False`` runs the same pass without recording anything and returns
+            keep: ``False`` runs the same pass without keeping anything and returns
                 ``{}``: how a rank that does not write takes part in a sharded model's probe
                 pass (its forward all-gathers, so every rank must run it).
+            record: the old spelling of ``keep`` (deprecated; a ``FutureWarning``).
 
         Raises:
             RuntimeError: the model's forward failed on ``inputs`` (the error is chained).
         """
+        if record is not None:
+            warnings.warn(
+                "FeatureCapture.probe(record=...) is deprecated; use keep=... (the same flag).",
+                FutureWarning,
+                stacklevel=2,
+            )
+            keep = record
         args, kwargs = forward_args(match_model(inputs, self.root))
-        if not record:
+        if not keep:
             with preserved_state(self.root), torch.no_grad():
                 self._forward(inputs, args, kwargs)
             return {}
@@ -617,79 +494,3 @@ class FeatureCapture:
                 f"the forward pass of {type(self.root).__name__} failed on an input of "
                 f"{describe_input(inputs)}: {e}{input_hint(e)}"
             ) from e
-
-
-def _copy(out: torch.Tensor, factor: int, spare: torch.Tensor | None = None) -> torch.Tensor:
-    """A float32 contiguous copy of ``out``, average-pooled by ``factor``, written into
-    ``spare`` when it fits (same shape and device; never an inference tensor)."""
-    if (
-        spare is not None
-        and spare.shape == out.shape
-        and spare.device == out.device
-        and not spare.is_inference()
-    ):
-        return spare.copy_(out)
-    if factor > 1:
-        return pool_map(out.float(), factor).contiguous()  # pooling makes the copy
-    if out.dtype == torch.float32:
-        return out.clone(memory_format=torch.contiguous_format)  # cheaper than .to(copy=True)
-    return out.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-
-
-@contextmanager
-def preserved_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[None]:
-    """Run a probe pass without changing ``model``: restores every module's train flag.
-
-    With ``eval_mode`` the model is put in eval mode, so BatchNorm running statistics are not
-    updated and dropout draws no random numbers. The CPU and CUDA RNG states are restored too,
-    for models whose eval mode still samples.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        if eval_mode:
-            model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-
-
-def capture_feature_maps(
-    model: nn.Module,
-    image: ModelInput,
-    layers: str | Iterable[str] | None = None,
-    *,
-    max_channels: int | None = 64,
-    sample: int = 0,
-    max_calls: int | None = None,
-    types: ConvTypes | None = None,
-) -> dict[str, torch.Tensor]:
-    """Run one probe forward pass and return hook-mode maps, leaving the model unchanged.
-
-    The pass runs under ``torch.no_grad()`` in eval mode; the train/eval flags and RNG state are
-    restored afterwards, so BatchNorm statistics and parameters are bit-for-bit as before.
-
-    Args:
-        model: the CNN.
-        image: the model's input: an ``(N, C, H, W)`` tensor (or ``(C, H, W)``, given a batch
-            dimension), a tuple of positional inputs (RAFT's two images) or a dict of keyword
-            inputs (Hugging Face's ``pixel_values=``). Moved to the model's device and dtype.
-        layers, max_channels, sample, max_calls, types: as for :class:`FeatureCapture`.
-
-    Returns:
-        ``{layer key: (C, *spatial) float32 tensor}`` in call order.
-
-    Raises:
-        TypeError, ValueError: bad arguments.
-        RuntimeError: the model's forward failed on the input.
-    """
-    cap = FeatureCapture(
-        model, layers, max_channels=max_channels, sample=sample, max_calls=max_calls, types=types
-    )
-    x = check_model_input(image, sample=sample, unbatched_dims=unbatched_dims(cap.layers))
-    return cap.probe(x)
