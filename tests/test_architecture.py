@@ -36,7 +36,7 @@ MODULES: dict[str, list[set[str]]] = {
     "capture": [
         {"compat", "pooling", "handles", "state"},
         {"discovery", "passes"},
-        {"selection"},
+        {"selection", "tracker"},
         {"chain", "hooks"},
         {"probe"},
         {"__init__"},
@@ -47,7 +47,9 @@ MODULES: dict[str, list[set[str]]] = {
     "monitor": [
         {"sharding", "background", "schedule", "channels"},
         {"budget", "statistics", "config"},
-        {"sink"},
+        {"sink", "plan", "lifetime", "agreement", "parts"},
+        {"weights"},
+        {"cycle", "assembly"},
         {"feature_monitor"},
         {"__init__"},
     ],

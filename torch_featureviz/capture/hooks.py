@@ -24,7 +24,7 @@ import functools
 import sys
 import warnings
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,16 +42,17 @@ from torch_featureviz._validation import (
     input_hint,
     match_model,
 )
-from torch_featureviz.capture.compat import in_backward, is_compiling
+from torch_featureviz.capture.compat import is_compiling
 from torch_featureviz.capture.discovery import ConvTypes, find_conv_layers, unwrap_model
 from torch_featureviz.capture.handles import InertOnCopy
 from torch_featureviz.capture.passes import PassObserver, PassRecord
 from torch_featureviz.capture.selection import MapSelector, PixelCap
 from torch_featureviz.capture.state import preserved_state
+from torch_featureviz.capture.tracker import PassTracker, Policy
 
 __all__ = ["FeatureCapture", "PassObserver", "PassRecord", "preserved_state"]
 
-Record = Literal["all", "grad"]
+Record = Policy
 _RECORD: tuple[Record, ...] = ("all", "grad")
 
 class FeatureCapture:
@@ -128,8 +129,6 @@ class FeatureCapture:
         reuse_buffers: bool = False,
     ) -> None:
         check_module(model)
-        if pixel_cap is not None and not callable(pixel_cap):
-            raise TypeError(f"pixel_cap must be callable or None, got {type(pixel_cap).__name__}.")
         self.max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
         self.sample = check_non_negative_int(sample, "sample")
         #: What each hook keeps of its conv's output (sample, channels, pixel cap, copy).
@@ -142,12 +141,7 @@ class FeatureCapture:
         )
         self.record: Record = check_choice(record, "record", _RECORD)
         self.max_calls = check_positive_int(max_calls, "max_calls", allow_none=True)
-        self.observers: list[PassObserver] = list(observers)
-        for obs in self.observers:
-            if not isinstance(obs, PassObserver):
-                raise TypeError(
-                    f"observers must be PassObserver instances, got {type(obs).__name__}."
-                )
+        self.observers: list[PassObserver] = _check_observers(observers)
         self.model = model
         self.root = unwrap_model(model)
         self.layers: dict[str, nn.Module] = dict(
@@ -164,24 +158,10 @@ class FeatureCapture:
         #: the hooks between captures only on a model seen to run eagerly and never compiled).
         self.ran_eagerly = False
         self.compiled = False
-        #: Number of complete passes published since the capture was made.
-        self.passes = 0
-        #: The last published pass (``None`` before the first one).
-        self.last: PassRecord | None = None
-        #: How many conv calls were skipped or failed, over the capture's life.
-        self.skipped_calls = 0
+        #: Which pass is open, and when it is published (see :class:`~.tracker.PassTracker`).
+        self.tracker = PassTracker(self.observers, self.record, self.selector.recycle)
         self._handles: dict[str, RemovableHandle] = {}
-        self._pending: PassRecord | None = None
-        self._observing: list[PassObserver] = []  # the observers of the pending pass
-        self._in_root = False  # a root forward is running (recorded or not)
-        self._probing = False  # inside probe(): record the root pass whatever `record` says
-        self._next_index = 0
-        self._warned: set[str] = set()
-        self._device: torch.device | None = None
-        if isinstance(model, nn.DataParallel) and model.device_ids:
-            # Replicas share hook dicts and run in threads; keep only the first replica's chunk
-            # so they cannot overwrite each other (sample indexes that chunk).
-            self._device = torch.device("cuda", model.device_ids[0])
+        self._device = _first_replica(model)
 
     # -- settings, and what users read -----------------------------------------------------------
     @property
@@ -199,24 +179,33 @@ class FeatureCapture:
     def channel_index(self, index: dict[str, torch.Tensor]) -> None:
         self.selector.channel_index = index
 
-    def _current(self) -> PassRecord | None:
-        """The pass :attr:`maps` shows: an implicit pass in flight (it has no end of its own
-        until the next pass or :meth:`end_pass`), else the last published one. Reads only."""
-        pending = self._pending
-        return pending if pending is not None and pending.kind == "implicit" else self.last
+    @property
+    def passes(self) -> int:
+        """Number of complete passes published since the capture was made."""
+        return self.tracker.passes
+
+    @property
+    def last(self) -> PassRecord | None:
+        """The last published pass (``None`` before the first one)."""
+        return self.tracker.last
+
+    @property
+    def skipped_calls(self) -> int:
+        """How many conv calls were skipped or failed, over the capture's life."""
+        return self.tracker.skipped_calls
 
     @property
     def maps(self) -> dict[str, torch.Tensor]:
         """``{key: map}`` of the last complete pass, or of an implicit pass in flight (reading
         it changes nothing: the pass is published at its end)."""
-        current = self._current()
+        current = self.tracker.current
         return {} if current is None else current.maps
 
     @property
     def skipped(self) -> dict[str, str]:
         """``{key: reason}`` for the conv calls the last pass (as :attr:`maps`) could not
         capture."""
-        current = self._current()
+        current = self.tracker.current
         return {} if current is None else current.skipped
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -230,21 +219,7 @@ class FeatureCapture:
         if self._handles:
             raise RuntimeError("This FeatureCapture is already attached; use it once at a time.")
         try:
-            self._handles["<root-pre>"] = self.root.register_forward_pre_hook(
-                InertOnCopy(self._on_root_pre)
-            )
-            for name, module in self.layers.items():
-                self._handles[name] = module.register_forward_hook(
-                    InertOnCopy(functools.partial(self._on_conv, name))
-                )
-            for k, obs in enumerate(self.observers):
-                for name, module in obs.watch(self.root).items():
-                    self._handles[f"<observer{k}>{name}"] = module.register_forward_hook(
-                        InertOnCopy(functools.partial(self._on_watched, obs, name))
-                    )
-            self._handles["<root-post>"] = self.root.register_forward_hook(
-                InertOnCopy(self._on_root_post), always_call=True
-            )
+            _register_hooks(self, self._handles)
         except BaseException:
             self.remove()
             raise
@@ -283,82 +258,7 @@ class FeatureCapture:
 
         The monitor calls this at every ``step()``, so a pass never spans two steps.
         """
-        pending = self._pending
-        self._in_root = False
-        if pending is None:
-            return False
-        if pending.kind == "implicit":
-            self._publish()
-            return True
-        self._drop()
-        return False
-
-    def _records(self) -> bool:
-        """Whether a forward starting now is captured (the ``passes`` rule, and never the
-        recomputation of checkpointed activations during backward)."""
-        if self._probing:
-            return True
-        if self.record == "grad" and not torch.is_grad_enabled():
-            return False
-        return is_compiling() or not in_backward()
-
-    def _open(self, kind: str, opener: str | None = None) -> PassRecord:
-        record = PassRecord(kind=kind, index=self._next_index, opener=opener)
-        self._next_index += 1
-        self._pending = record
-        self._observing = (
-            [obs for obs in self.observers if obs.observes_probes]
-            if kind == "probe"
-            else list(self.observers)
-        )
-        for obs in self._observing:
-            try:
-                obs.start(record)
-            except Exception as e:  # noqa: BLE001 - never into the user's forward
-                self._note(record, "<start>", f"{type(e).__name__}: {e}", "observer")
-        return record
-
-    def _start_root_pass(self) -> None:
-        if self._pending is not None:
-            # An implicit pass ends where a root pass starts; a root pass still open here was
-            # left by an interrupt (Ctrl-C inside forward), and is dropped.
-            self.end_pass()
-        self._in_root = True
-        if self._records():
-            self._open("probe" if self._probing else "root")
-
-    def _end_root_pass(self, *, failed: bool) -> None:
-        self._in_root = False
-        if self._pending is None or self._pending.kind not in ("root", "probe"):
-            return
-        if failed:
-            self._drop()
-        else:
-            self._publish()
-
-    def _publish(self) -> None:
-        record, self._pending = self._pending, None
-        assert record is not None
-        self._finish(record, complete=True)
-        if record.kind != "probe":
-            # The previous pass's tensors may now be overwritten (the documented contract);
-            # the one just published stays intact until the next pass is.
-            self.selector.recycle(self.last)
-        self.last = record
-        self.passes += 1
-
-    def _drop(self) -> None:
-        record, self._pending = self._pending, None
-        if record is not None:
-            self._finish(record, complete=False)
-
-    def _finish(self, record: PassRecord, *, complete: bool) -> None:
-        observing, self._observing = self._observing, []
-        for obs in observing:
-            try:
-                obs.end(record, complete)
-            except Exception as e:  # noqa: BLE001
-                self._note(record, "<end>", f"{type(e).__name__}: {e}", "observer")
+        return self.tracker.end_pass()
 
     # -- the hooks (wrapped in InertOnCopy) ---------------------------------------------------
     def _on_root_pre(self, module: nn.Module, args: Any) -> None:
@@ -366,75 +266,62 @@ class FeatureCapture:
         # again by a graph Dynamo traced with them (nor added to one traced without them).
         if is_compiling():
             self.compiled = True
-        elif not self._probing:  # probe passes call the unwrapped model, never compiled
+        elif not self.tracker.probing:  # probe passes call the unwrapped model, never compiled
             self.ran_eagerly = True
         if self.enabled:
-            self._start_root_pass()
+            self.tracker.start_root_pass()
 
     def _on_root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         # Registered with always_call=True: it also runs when the forward raised an Exception
         # (then ``output`` is None). A KeyboardInterrupt skips it; the next pass start or
         # ``end_pass()`` clears what it left.
-        if self._pending is not None or self._in_root:
-            self._end_root_pass(failed=output is None and sys.exc_info()[0] is not None)
-
-    def _on_conv(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
-        if self.enabled:
-            self._on_output(name, module, output)
+        tracker = self.tracker
+        if tracker.pending is not None or tracker.in_root:
+            tracker.end_root_pass(failed=output is None and sys.exc_info()[0] is not None)
 
     def _on_watched(
         self, observer: PassObserver, name: str, module: nn.Module, args: Any, output: Any
     ) -> None:
         """A module an observer asked to watch ran (see :meth:`PassObserver.watch`)."""
-        record = self._pending
-        if not self.enabled or record is None or observer not in self._observing:
+        record = self.tracker.pending
+        if not self.enabled or record is None or observer not in self.tracker.observing:
             return
         try:
             observer.module_output(record, name, module, args, output)
         except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
-            self._note(record, name, f"{type(e).__name__}: {e}", type(e).__name__)
+            self.tracker.note(record, name, f"{type(e).__name__}: {e}", type(e).__name__)
 
-    def _on_output(self, name: str, module: nn.Module, output: Any) -> None:
+    def _on_conv(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if not self.enabled:
+            return
         if is_compiling():
             self.compiled = True  # a compiled forward whose root hooks run outside the graph
         if self._device is not None and getattr(output, "device", None) != self._device:
             return
-        record = self._pending
+        tracker = self.tracker
+        record = tracker.pending
         if record is None:
-            if self._in_root or not self._records():
+            if tracker.in_root or not tracker.records():
                 return  # a forward that is not captured (validation under no_grad, ...)
-            record = self._open("implicit", opener=name)
+            record = tracker.open("implicit", opener=name)
         elif record.kind == "implicit" and name == record.opener and record.maps:
             # The conv that opened an implicit pass runs again: a new forward_features call.
-            self._publish()
-            record = self._open("implicit", opener=name)
+            tracker.publish()
+            record = tracker.open("implicit", opener=name)
         key, index = record.calls.next_key(name)
         if self.max_calls is not None and index >= self.max_calls:
             return
         try:
             kept = self.selector.select(output, self._spatial[name], key, record)
             if isinstance(kept, tuple):
-                self._note(record, key, *kept)
+                tracker.note(record, key, *kept)
             else:
                 record.maps[key] = kept
             if isinstance(output, torch.Tensor):
-                for obs in self._observing:
+                for obs in tracker.observing:
                     obs.output(record, key, module, output)
         except Exception as e:  # noqa: BLE001 - the user's forward must never fail here
-            self._note(record, key, f"{type(e).__name__}: {e}", type(e).__name__)
-
-    def _note(self, record: PassRecord, key: str, reason: str, kind: str) -> None:
-        """Record that call ``key`` was not captured, and warn once per ``kind`` of reason."""
-        record.skipped[key] = reason
-        self.skipped_calls += 1
-        if kind not in self._warned:
-            self._warned.add(kind)
-            warnings.warn(
-                f"FeatureCapture skipped layer {key!r} in a pass: {reason}. Training is not "
-                "affected; this warning is shown once per kind of problem.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            tracker.note(record, key, f"{type(e).__name__}: {e}", type(e).__name__)
 
     # -- probe passes ------------------------------------------------------------------------------
     def probe(
@@ -464,33 +351,78 @@ class FeatureCapture:
                 stacklevel=2,
             )
             keep = record
-        args, kwargs = forward_args(match_model(inputs, self.root))
-        if not keep:
-            with preserved_state(self.root), torch.no_grad():
-                self._forward(inputs, args, kwargs)
-            return {}
-        attached = self.attached
-        if not attached:
-            self.attach()
-        enabled, self.enabled = self.enabled, False
-        try:
-            self.end_pass()
-            with preserved_state(self.root), torch.no_grad():
-                self.enabled = self._probing = True
-                self._forward(inputs, args, kwargs)
-        finally:
-            self.enabled = self._probing = False
-            self.end_pass()  # a failed or interrupted probe leaves nothing open
-            self.enabled = enabled
-            if not attached:
-                self.remove()
-        return self.maps
+        return _run_probe(self, inputs, keep=keep)
 
-    def _forward(self, inputs: ModelInput, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:
-            self.root(*args, **kwargs)
-        except Exception as e:
-            raise RuntimeError(
-                f"the forward pass of {type(self.root).__name__} failed on an input of "
-                f"{describe_input(inputs)}: {e}{input_hint(e)}"
-            ) from e
+
+def _run_probe(cap: FeatureCapture, inputs: ModelInput, *, keep: bool) -> dict[str, torch.Tensor]:
+    """:meth:`FeatureCapture.probe`'s pass: attach if needed, record it as a probe pass (or
+    nothing, when not ``keep``), restore the model and the capture's state."""
+    root = cap.root
+    args, kwargs = forward_args(match_model(inputs, root))
+    if not keep:
+        with preserved_state(root), torch.no_grad():
+            _forward(root, inputs, args, kwargs)
+        return {}
+    attached = cap.attached
+    if not attached:
+        cap.attach()
+    enabled, cap.enabled = cap.enabled, False
+    try:
+        cap.end_pass()
+        with preserved_state(root), torch.no_grad():
+            cap.enabled = cap.tracker.probing = True
+            _forward(root, inputs, args, kwargs)
+    finally:
+        cap.enabled = cap.tracker.probing = False
+        cap.end_pass()  # a failed or interrupted probe leaves nothing open
+        cap.enabled = enabled
+        if not attached:
+            cap.remove()
+    return cap.maps
+
+
+def _forward(
+    root: nn.Module, inputs: ModelInput, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    try:
+        root(*args, **kwargs)
+    except Exception as e:
+        raise RuntimeError(
+            f"the forward pass of {type(root).__name__} failed on an input of "
+            f"{describe_input(inputs)}: {e}{input_hint(e)}"
+        ) from e
+
+
+def _register_hooks(cap: FeatureCapture, handles: dict[str, RemovableHandle]) -> None:
+    """Register ``cap``'s hooks into ``handles``: the root's pre-hook, each conv's, each module
+    an observer watches, and the root's post-hook (which also runs when the forward raises)."""
+    root = cap.root
+    handles["<root-pre>"] = root.register_forward_pre_hook(InertOnCopy(cap._on_root_pre))
+    for name, module in cap.layers.items():
+        handles[name] = module.register_forward_hook(
+            InertOnCopy(functools.partial(cap._on_conv, name))
+        )
+    for k, obs in enumerate(cap.observers):
+        for name, module in obs.watch(root).items():
+            handles[f"<observer{k}>{name}"] = module.register_forward_hook(
+                InertOnCopy(functools.partial(cap._on_watched, obs, name))
+            )
+    handles["<root-post>"] = root.register_forward_hook(
+        InertOnCopy(cap._on_root_post), always_call=True
+    )
+
+
+def _first_replica(model: nn.Module) -> torch.device | None:
+    """DataParallel replicas share hook dicts and run in threads: keep only the first
+    replica's chunk, so they cannot overwrite each other (``sample`` indexes that chunk)."""
+    if isinstance(model, nn.DataParallel) and model.device_ids:
+        return torch.device("cuda", model.device_ids[0])
+    return None
+
+
+def _check_observers(observers: Iterable[PassObserver]) -> list[PassObserver]:
+    out = list(observers)
+    for obs in out:
+        if not isinstance(obs, PassObserver):
+            raise TypeError(f"observers must be PassObserver instances, got {type(obs).__name__}.")
+    return out

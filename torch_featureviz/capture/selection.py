@@ -48,6 +48,8 @@ class MapSelector:
         track_channel_means: bool = False,
         reuse_buffers: bool = False,
     ) -> None:
+        if pixel_cap is not None and not callable(pixel_cap):
+            raise TypeError(f"pixel_cap must be callable or None, got {type(pixel_cap).__name__}.")
         self.sample = sample
         self.max_channels = max_channels
         self.pixel_cap = pixel_cap
