@@ -6,9 +6,10 @@ check them here, in the calling thread, before any hook, thread or file exists.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
-from dataclasses import InitVar, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from torch_featureviz._validation import (
@@ -129,13 +130,8 @@ class MonitorConfig:
     filter_tile: int = 8
     name: str | None = None
     handle_sigterm: bool = False
-    #: The old spelling of ``passes`` (deprecated).
-    record: InitVar[str | None] = None
 
-    def __post_init__(self, record: str | None) -> None:
-        if record is not None:
-            _warn_record()
-            object.__setattr__(self, "passes", record)
+    def __post_init__(self) -> None:
         check_positive_int(self.every, "every")
         check_float(
             self.every_seconds, "every_seconds", minimum=0.0, exclusive=True, allow_none=True
@@ -249,5 +245,18 @@ def _old_record(self: MonitorConfig) -> str:
     return self.passes
 
 
-# Reading ``config.record`` still works; the dataclass's generated __init__ keeps the InitVar.
-MonitorConfig.record = property(_old_record)  # type: ignore[assignment,method-assign]
+_dataclass_init = MonitorConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: MonitorConfig, *args: Any, record: str | None = None, **kwargs: Any) -> None:
+    if record is not None:  # the old spelling of passes=
+        _warn_record(stacklevel=3)
+        kwargs.setdefault("passes", record)
+    _dataclass_init(self, *args, **kwargs)
+
+
+# ``MonitorConfig(record=...)`` and reading ``config.record`` still work, with a warning; neither
+# is a field, so ``dataclasses.replace`` and ``as_dict`` know only ``passes``.
+MonitorConfig.__init__ = _init  # type: ignore[method-assign]
+MonitorConfig.record = property(_old_record)  # type: ignore[attr-defined]
