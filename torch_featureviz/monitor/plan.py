@@ -109,7 +109,8 @@ def plan_log(
     budget = cfg.log_budget
     if budget is not None:
         budget = max(budget - FIXED_BYTES - BYTES_PER_LAYER * count, 0)
-    tile, shown = cfg.filter_tile, {}
+    tile = cfg.filter_tile
+    shown: Mapping[str, tuple[int | None, int | None]] = {}
     if cfg.log_filters and reads_weights:
         filter_budget = None if budget is None else budget * 2 // 3
         tile, shown, pixels = plan_filters(
