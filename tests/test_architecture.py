@@ -33,7 +33,14 @@ PACKAGES: list[set[str]] = [
 #: Inside each subpackage, lowest first. ``__init__`` only re-exports, so it sits on top.
 MODULES: dict[str, list[set[str]]] = {
     "loading": [{"images", "errors"}, {"sources", "checkpoints"}, {"models"}, {"__init__"}],
-    "capture": [{"compat", "pooling"}, {"discovery"}, {"chain", "hooks"}, {"__init__"}],
+    "capture": [
+        {"compat", "pooling", "handles", "state"},
+        {"discovery", "passes"},
+        {"selection", "tracker"},
+        {"chain", "hooks"},
+        {"probe"},
+        {"__init__"},
+    ],
     "render": [
         {"png", "tiles"},
         {"filters"},
@@ -48,7 +55,9 @@ MODULES: dict[str, list[set[str]]] = {
     "monitor": [
         {"sharding", "background", "schedule", "channels"},
         {"budget", "statistics", "config"},
-        {"sink"},
+        {"sink", "plan", "lifetime", "agreement", "parts"},
+        {"weights"},
+        {"cycle", "assembly"},
         {"feature_monitor"},
         {"__init__"},
     ],

@@ -297,7 +297,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from torch_featureviz._validation import check_writable_dir
-    from torch_featureviz.capture.hooks import capture_feature_maps
+    from torch_featureviz.capture.probe import capture_feature_maps
     from torch_featureviz.log.tensorboard import tensorboard_command
     from torch_featureviz.monitor.feature_monitor import FeatureMonitor
     from torch_featureviz.render.figures import (

@@ -9,13 +9,10 @@ from torch_featureviz.capture.discovery import (
     find_linear_layers,
     unwrap_model,
 )
-from torch_featureviz.capture.hooks import (
-    FeatureCapture,
-    PassObserver,
-    PassRecord,
-    capture_feature_maps,
-    preserved_state,
-)
+from torch_featureviz.capture.hooks import FeatureCapture
+from torch_featureviz.capture.passes import PassObserver, PassRecord
+from torch_featureviz.capture.probe import capture_feature_maps
+from torch_featureviz.capture.state import preserved_state
 
 __all__ = [
     "CONV_TYPES",

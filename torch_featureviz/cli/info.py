@@ -16,7 +16,7 @@ def _output_sizes(
     """Each conv's output shape from one real forward pass of zeros (the model is unchanged)."""
     import torch
 
-    from torch_featureviz.capture.hooks import capture_feature_maps
+    from torch_featureviz.capture.probe import capture_feature_maps
     from torch_featureviz.naming import split_call_key
 
     h, w = (size, size) if isinstance(size, int) else size

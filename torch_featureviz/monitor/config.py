@@ -6,6 +6,8 @@ check them here, in the calling thread, before any hook, thread or file exists.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -55,10 +57,10 @@ class MonitorConfig:
         near_zero: ``|x| <= near_zero`` counts as a near-zero value.
         active_threshold: a channel is active in a capture when some value exceeds this.
         dead_window: how many captures the dead-channel window spans.
-        record: which forwards are the training batch's: ``"grad"`` (default) only forwards
+        passes: which forwards are the training batch's: ``"grad"`` (default) only forwards
             run with gradients enabled, so validation under ``no_grad``/``inference_mode``
-            (and EMA evaluation) is neither copied nor logged; ``"all"`` every forward (the
-            behaviour before 0.2).
+            (and EMA evaluation) is neither copied nor logged; ``"all"`` every forward.
+            Formerly spelled ``record=``, which still works with a ``FutureWarning``.
         max_calls: keep only the first ``max_calls`` calls of each module per pass.
         keep_hooks: keep the hooks registered between captures, switched off, instead of
             removing them after each capture and adding them back before the next sampled
@@ -112,7 +114,7 @@ class MonitorConfig:
     near_zero: float = 1e-6
     active_threshold: float = 0.0
     dead_window: int = 10
-    record: Literal["grad", "all"] = "grad"
+    passes: Literal["grad", "all"] = "grad"
     max_calls: int | None = None
     keep_hooks: bool = False
     queue_size: int = 4
@@ -159,7 +161,7 @@ class MonitorConfig:
         check_float(self.near_zero, "near_zero", minimum=0.0)
         check_float(self.active_threshold, "active_threshold")
         check_positive_int(self.dead_window, "dead_window")
-        check_choice(self.record, "record", ("grad", "all"))
+        check_choice(self.passes, "passes", ("grad", "all"))
         check_positive_int(self.max_calls, "max_calls", allow_none=True)
         check_positive_int(self.queue_size, "queue_size")
         check_choice(self.on_full, "on_full", ("drop", "block"))
@@ -178,10 +180,46 @@ class MonitorConfig:
     ) -> MonitorConfig:
         """Build a config from keyword options, naming any unknown one and its closest match."""
         known = [f.name for f in fields(cls)]
+        if "record" in options:
+            _warn_record(stacklevel=4)
+            options = dict(options)
+            record = options.pop("record")
+            options.setdefault("passes", record)
         for key in options:
             if key not in known:
                 raise TypeError(unknown_option_message(what, key, known))
         return cls(**options)
+
+    @classmethod
+    def resolve(
+        cls,
+        config: MonitorConfig | None,
+        options: dict[str, Any],
+        *,
+        every: int | None = None,
+        layers: str | Iterable[str] | None = None,
+        sink_wrapper: Any = None,
+    ) -> MonitorConfig:
+        """The options of one :class:`~torch_featureviz.FeatureMonitor`: ``config`` (or the
+        defaults), overridden by ``every``, ``layers`` and keyword ``options``, all checked.
+        ``sink_wrapper``, the monitor's test seam, is checked here too.
+
+        Example::
+
+            >>> MonitorConfig.resolve(MonitorConfig(every=5), {"max_channels": 4}).every
+            5
+        """
+        if sink_wrapper is not None and not callable(sink_wrapper):
+            raise TypeError(f"sink_wrapper must be callable, got {type(sink_wrapper).__name__}.")
+        if config is not None and not isinstance(config, MonitorConfig):
+            raise TypeError(f"config must be a MonitorConfig or None, got {type(config).__name__}.")
+        options = dict(options)
+        if every is not None:
+            options["every"] = every
+        if layers is not None:
+            options["layers"] = layers
+        base = {} if config is None else config.as_dict()
+        return cls.from_options({**base, **options})
 
     def replace(self, **changes: Any) -> MonitorConfig:
         """A copy with ``changes`` applied (and checked)."""
@@ -190,3 +228,35 @@ class MonitorConfig:
     def as_dict(self) -> dict[str, Any]:
         """The options as a plain dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _warn_record(stacklevel: int = 4) -> None:
+    warnings.warn(
+        "the monitor's record= option is now spelled passes= (the same values, 'grad' or "
+        "'all'); record= will be removed in a later release.",
+        FutureWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _old_record(self: MonitorConfig) -> str:
+    """The old spelling of :attr:`passes` (deprecated)."""
+    _warn_record(stacklevel=3)
+    return self.passes
+
+
+_dataclass_init = MonitorConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: MonitorConfig, *args: Any, record: str | None = None, **kwargs: Any) -> None:
+    if record is not None:  # the old spelling of passes=
+        _warn_record(stacklevel=3)
+        kwargs.setdefault("passes", record)
+    _dataclass_init(self, *args, **kwargs)
+
+
+# ``MonitorConfig(record=...)`` and reading ``config.record`` still work, with a warning; neither
+# is a field, so ``dataclasses.replace`` and ``as_dict`` know only ``passes``.
+MonitorConfig.__init__ = _init  # type: ignore[method-assign]
+MonitorConfig.record = property(_old_record)  # type: ignore[attr-defined]

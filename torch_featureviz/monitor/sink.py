@@ -7,6 +7,7 @@ The training thread builds a :class:`CaptureItem` (host copies started with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,8 @@ class CaptureItem:
     dropped: int = 0
     #: CUDA events to wait on before reading pinned host copies (one per batch of copies).
     ready: tuple[Any, ...] = ()
+    #: ``{result_key: result}`` of the monitor's optional parts (see :mod:`~.parts`).
+    parts: dict[str, Any] = field(default_factory=dict)
 
     def adopt_weights(self, view: CaptureItem) -> None:
         """Take the filters, probe maps and probe image of ``view``: the capture's weights as
@@ -134,9 +137,18 @@ def start_host_copies(item: CaptureItem) -> None:
     }
     if item.probe_image is not None:
         item.probe_image = move(item.probe_image)
+    item.parts = {
+        k: move(v) if isinstance(v, torch.Tensor)
+        else {n: move(t) for n, t in v.items()} if _tensor_dict(v) else v
+        for k, v in item.parts.items()
+    }
     if event is not None:
         event.record()
         item.ready = (*item.ready, event)
+
+
+def _tensor_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(t, torch.Tensor) for t in value.values())
 
 
 class TensorBoardSink:
@@ -147,6 +159,7 @@ class TensorBoardSink:
         log_filters: write filter grids (filters may still be present for histograms).
         histograms: write activation and weight histograms.
         dead: the dead-channel window the statistics update.
+        parts: the monitor's optional parts; each writes its own result (see :mod:`~.parts`).
     """
 
     def __init__(
@@ -156,8 +169,10 @@ class TensorBoardSink:
         log_filters: bool = True,
         histograms: bool = False,
         dead: DeadChannelWindow,
+        parts: Sequence[Any] = (),
     ) -> None:
         self.writer = writer
+        self.parts = list(parts)
         self.log_filters = log_filters
         self.histograms = histograms
         self.dead = dead
@@ -204,6 +219,9 @@ class TensorBoardSink:
             )
         scalars[writer.tag("featureviz", "dropped_captures")] = item.dropped
         writer.log_scalars(scalars, step)
+        for part in self.parts:
+            if part.result_key in item.parts:
+                part.log(writer, step, item.parts[part.result_key])
         writer.flush()
 
     def flush(self) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from torch_featureviz.capture.compat import is_compiling
-from torch_featureviz.capture.hooks import PassObserver, PassRecord
+from torch_featureviz.capture.passes import PassObserver, PassRecord
 
 __all__ = [
     "ACTIVATIONS",
@@ -107,7 +107,8 @@ class ActivationStatistics(PassObserver):
         self.after_activation = after_activation
         #: When False, passes are observed but nothing is reduced.
         self.enabled = True
-        #: ``(pass index, {key: LayerSums})`` of the last complete training pass.
+        #: ``(pass index, {key: LayerSums})`` of the last complete training pass (the same sums
+        #: are on that pass's ``PassRecord.results["stats"]``, which is what the monitor reads).
         self.published: tuple[int, dict[str, LayerSums]] | None = None
         #: ``{key: "conv output" | "<Activation> after the conv"}`` as found so far.
         self.source: dict[str, str] = {}
@@ -126,6 +127,8 @@ class ActivationStatistics(PassObserver):
 
     #: Probe passes are not training passes: their statistics would describe the probe.
     observes_probes = False
+    #: A complete pass's ``{key: LayerSums}`` is ``record.results["stats"]``.
+    result_key = "stats"
 
     def watch(self, root: nn.Module) -> dict[str, nn.Module]:
         if not self.after_activation:
@@ -241,6 +244,7 @@ class ActivationStatistics(PassObserver):
         self._flow.clear()
         self._alive.clear()
         if complete and pending is not None:
+            record.results[self.result_key] = pending
             self.published = (record.index, pending)
 
 
