@@ -1,6 +1,6 @@
 """Shared fixtures. Plain helpers and reference implementations (hook-free reference maps,
-event-file readers, sinks that gate or fail) live in ``tests/helpers.py``; tests never import
-another test module."""
+event-file readers, sinks that gate or fail) live in the ``tests/support/`` package; tests never
+import another test module."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from torch import nn
 
-from tests.helpers import read_events, reference_maps, tiny_net
+from tests.support.helpers import read_events, reference_maps, tiny_net
 
 
 @pytest.fixture

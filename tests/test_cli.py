@@ -18,7 +18,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.helpers import assert_same_state, state_snapshot
+from tests.support.helpers import assert_same_state, state_snapshot
 from torch_featureviz import cli
 from torch_featureviz.cli import app as cli_app
 from torch_featureviz.cli import bench as cli_bench
@@ -75,8 +75,9 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         assert re.search(pattern, err), err
     code, out, err = run_main(["info"], capsys)
     assert code == 2 and "give a model name (e.g. resnet18, timm:resnet18 or hf:" in err
-    code, out, err = run_main(["info", "resnet18", "--model-class", "tests.helpers:TinyNet"],
-                              capsys)
+    code, out, err = run_main(
+        ["info", "resnet18", "--model-class", "tests.support.helpers:TinyNet"], capsys
+    )
     assert code == 2 and "not both" in err
 
 
@@ -128,7 +129,7 @@ def test_info_reports_shared_convs_groups_and_leaves_model_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "cli_user_models.py").write_text(
-        "from tests.helpers import TinyNet\n"
+        "from tests.support.helpers import TinyNet\n"
         "import torch\n"
         "MADE = []\n"
         "def make():\n"

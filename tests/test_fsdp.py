@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tests.dist_helpers import finish_gloo, init_gloo, run_ranks
-from tests.helpers import Block, decode, read_events, tiny_net
+from tests.support.dist_helpers import finish_gloo, init_gloo, run_ranks
+from tests.support.helpers import Block, decode, read_events, tiny_net
 
 KINDS = ("fsdp2", "fsdp1", "fsdp1_orig_params")
 STEPS, EVERY = 5, 2
@@ -258,13 +258,13 @@ def test_lightning_fsdp_strategy_on_cpu(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.dist_helpers import free_port
+    from tests.support.dist_helpers import free_port
 
     pytest.importorskip("lightning")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.lightning_fsdp_run", str(tmp_path)],
+        [sys.executable, "-m", "tests.support.lightning_fsdp_run", str(tmp_path)],
         cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # Lightning's rank 1 is its child: one group to kill
     )

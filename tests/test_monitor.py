@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.helpers import (
+from tests.support.helpers import (
     FailingSink,
     GatedSink,
     assert_same_state,
@@ -584,7 +584,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, torch
     sys.path.insert(0, {root!r})
-    from tests.helpers import tiny_net
+    from tests.support.helpers import tiny_net
     from torch_featureviz import FeatureMonitor
     model = tiny_net()
     monitor = FeatureMonitor(model, {log_dir!r}, every=2, on_full="block")
