@@ -335,7 +335,7 @@ def test_an_unsharded_model_is_read_without_collectives() -> None:
 
 @pytest.mark.slow
 def test_monitor_benchmark_fsdp_run_reports_every_variant(tmp_path: Path) -> None:
-    """`bench_monitor.py --fsdp` runs (as a script: its ranks are spawned from it) and writes
+    """`python -m benchmarks.bench_sharded` runs (its ranks are spawned from it) and writes
     finite figures for every variant; no timing is asserted."""
     import math
     import subprocess
@@ -344,8 +344,7 @@ def test_monitor_benchmark_fsdp_run_reports_every_variant(tmp_path: Path) -> Non
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "fsdp.json"
     proc = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "bench_monitor.py"), "--fsdp", "--quick",
-         "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.bench_sharded", "--quick", "--json", str(out)],
         cwd=repo, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
