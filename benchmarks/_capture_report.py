@@ -76,6 +76,35 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def _end_to_end_table(e2e: dict[str, Any]) -> list[str]:
+    """The end-to-end paths, as Markdown lines."""
+    out: list[str] = []
+    out.append(
+        f"End to end: {e2e['model']} {e2e['size']}px, {e2e['layers']} conv layers, forward + "
+        f"capture + one grid per layer written to disk (median ms; speed-up of "
+        "torch_featureviz)."
+    )
+    out.append("")
+    out.append("| path | runs | total ms | forward+capture ms | render+write ms | "
+                 "ours faster (total) | ours faster (render+write) |")
+    out.append("|---|---|---|---|---|---|---|")
+    labels = {
+        "featureviz": "torch_featureviz TensorBoardWriter",
+        "make_grid_add_image": "make_grid + add_image",
+        "article_matplotlib": f"article pyplot 8x8 subplots, {ARTICLE_INCHES} in @ "
+        f"{e2e['article_dpi']} dpi",
+    }
+    for p, r in e2e["paths"].items():
+        sp = e2e["speedup"].get(p)
+        out.append(
+            f"| {labels[p]} | {r['runs']} | {r['total_ms']:.0f} | "
+            f"{r['forward_capture_ms']:.0f} | {r['render_write_ms']:.0f} | "
+            + (f"{sp['total']:.1f}x | {sp['render_write']:.1f}x |" if sp else "1 | 1 |")
+        )
+    out.append("")
+    return out
+
+
 def format_tables(results: dict[str, Any]) -> str:
     """Markdown tables of every figure, as printed and as pasted into RESULTS.md."""
     names = [n for n in VARIANT_LABELS if any(n in c["variants"] for c in results["cases"])]
@@ -130,29 +159,7 @@ def format_tables(results: dict[str, Any]) -> str:
         lines.append("")
     e2e = results.get("end_to_end")
     if e2e:
-        lines.append(
-            f"End to end: {e2e['model']} {e2e['size']}px, {e2e['layers']} conv layers, forward + "
-            f"capture + one grid per layer written to disk (median ms; speed-up of "
-            "torch_featureviz)."
-        )
-        lines.append("")
-        lines.append("| path | runs | total ms | forward+capture ms | render+write ms | "
-                     "ours faster (total) | ours faster (render+write) |")
-        lines.append("|---|---|---|---|---|---|---|")
-        labels = {
-            "featureviz": "torch_featureviz TensorBoardWriter",
-            "make_grid_add_image": "make_grid + add_image",
-            "article_matplotlib": f"article pyplot 8x8 subplots, {ARTICLE_INCHES} in @ "
-            f"{e2e['article_dpi']} dpi",
-        }
-        for p, r in e2e["paths"].items():
-            sp = e2e["speedup"].get(p)
-            lines.append(
-                f"| {labels[p]} | {r['runs']} | {r['total_ms']:.0f} | "
-                f"{r['forward_capture_ms']:.0f} | {r['render_write_ms']:.0f} | "
-                + (f"{sp['total']:.1f}x | {sp['render_write']:.1f}x |" if sp else "1 | 1 |")
-            )
-        lines.append("")
+        lines += _end_to_end_table(e2e)
     if results.get("targets"):
         lines.append("| target | measured | limit | |")
         lines.append("|---|---|---|---|")

@@ -221,6 +221,22 @@ def run_case(model_name: str, size: int, batch: int, cfg: Config) -> dict[str, A
 
 
 
+def _merge_torchlens(cases: list[dict[str, Any]], tl: dict[str, Any]) -> None:
+    """Add the torchlens child's figures to the cases it measured."""
+    for case in cases:
+        res = tl.get(f"{case['model']}/{case['size']}/{case['batch']}")
+        if not res:
+            continue
+        case["errors"].update(res.get("errors", {}))
+        if "times" in res:
+            case["variants"]["torchlens"] = {
+                **summary(res["times"]),
+                "ratio_to_bare": res["ratio_to_bare"],
+                "bare_median_ms_same_process": statistics.median(res["bare_times"]) * 1e3,
+                **res.get("memory", {}).get("torchlens", {}),
+            }
+
+
 def run_benchmark(
     cfg: Config,
     *,
@@ -313,18 +329,7 @@ def _run_benchmark(
         tl = _run_child({"job": "torchlens", "config": asdict(cfg), "cases": tl_cases}, 3600)
         phases["torchlens"] = time.perf_counter() - t0
         results["torchlens_error"] = tl.pop("error", None)
-        for case in results["cases"]:
-            res = tl.get(f"{case['model']}/{case['size']}/{case['batch']}")
-            if not res:
-                continue
-            case["errors"].update(res.get("errors", {}))
-            if "times" in res:
-                case["variants"]["torchlens"] = {
-                    **summary(res["times"]),
-                    "ratio_to_bare": res["ratio_to_bare"],
-                    "bare_median_ms_same_process": statistics.median(res["bare_times"]) * 1e3,
-                    **res.get("memory", {}).get("torchlens", {}),
-                }
+        _merge_torchlens(results["cases"], tl)
     results["targets"] = targets(results)
     results["complete"] = True
     with contextlib.suppress(OSError):

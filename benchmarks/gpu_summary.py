@@ -129,7 +129,9 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_summary", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_summary", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("results", type=Path, help="the folder gpu_check.sh wrote into")
     parser.add_argument("--dry-run", action="store_true", help="judge on whatever ran")
     args = parser.parse_args(argv)

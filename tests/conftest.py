@@ -8,16 +8,19 @@ module.
 ``xdist_group`` run on one worker, one after another: :data:`XDIST_GROUPS` keeps the tests that
 start gloo process groups, Chromium or a TensorBoard server (local ports, process groups, many
 cores) off each other's backs, and every other file whose tests share a module-scoped fixture is
-grouped by file, so the fixture is built once, not once per worker.
+grouped by file, so the fixture is built once, not once per worker. Each worker runs torch
+(and the processes it starts) on its share of the cores, not on all of them at once.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from torch import nn
 
 from tests.support.helpers import read_events, reference_maps, tiny_net
@@ -31,6 +34,16 @@ XDIST_GROUPS = {
     "test_tensorboard_server.py": "browser",
     "test_plugin.py": "browser",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, give each worker's torch its share of the cores: with torch's default of
+    one thread per core, two workers would each run as many threads as there are cores."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if os.environ.get("PYTEST_XDIST_WORKER") and workers:
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))  # the processes tests start
 
 
 def _shares_a_module_fixture(item: pytest.Item) -> bool:

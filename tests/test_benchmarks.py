@@ -28,8 +28,10 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     bench = bench_capture
     json_path, md_path = out / "bench.json", out / "bench.md"
+    # A 32 px input: every variant and table at a quarter of the quick run's default cost.
     code = bench.main(
-        ["--quick", "--device", "cpu", "--json", str(json_path), "--markdown", str(md_path)]
+        ["--quick", "--device", "cpu", "--sizes", "32", "--json", str(json_path),
+         "--markdown", str(md_path)]
     )
     assert code == 0
     return json.loads(json_path.read_text()), md_path.read_text(), bench

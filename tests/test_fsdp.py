@@ -344,7 +344,8 @@ def test_monitor_benchmark_fsdp_run_reports_every_variant(tmp_path: Path) -> Non
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "fsdp.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_sharded", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.bench_sharded", "--quick", "--batch", "2", "--json",
+         str(out)],
         cwd=repo, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
