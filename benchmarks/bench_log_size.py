@@ -13,20 +13,17 @@ measuring whatever the defaults become.
 
 Run from the repository root::
 
-    python benchmarks/bench_log_size.py                 # resnet50, about a minute on a CPU
-    python benchmarks/bench_log_size.py --model resnet18 --size 64 --json out.json
-    python benchmarks/bench_log_size.py --option log_filters=False --json out.json
+    python -m benchmarks.bench_log_size                 # resnet50, about a minute on a CPU
+    python -m benchmarks.bench_log_size --model resnet18 --size 64 --json out.json
+    python -m benchmarks.bench_log_size --option log_filters=False --json out.json
 
 Prints a table and writes JSON (default ``benchmarks/results/log_size.json``).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
-import json
 import os
-import platform
 import sys
 import tempfile
 from collections import defaultdict
@@ -37,13 +34,10 @@ import torch
 import torchvision
 from torch import nn
 
-try:
-    import torch_featureviz as fv
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import torch_featureviz as fv
+import torch_featureviz as fv
+from benchmarks._harness import RESULTS_DIR, base_parser, machine_info, write_json, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results" / "log_size.json"
+RESULTS = RESULTS_DIR / "log_size.json"
 #: The kinds of the breakdown, in table order.
 KINDS = ("filters", "hook maps", "probe maps", "input images", "scalars", "histograms", "other")
 #: One capture per this many bytes is the issue's budget: 1,000 captures in 500 MB.
@@ -206,12 +200,15 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_log_size", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet50", help="a torchvision model name")
+    parser = base_parser(
+        "bench_log_size", (__doc__ or "").splitlines()[0],
+        json_default="benchmarks/results/log_size.json",
+        quick_help="resnet18 at 64 px unless --model/--size say otherwise (a smoke run)",
+        devices=("cpu",),
+    )
+    parser.add_argument("--model", default=None, help="a torchvision model name (resnet50)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--size", type=int, default=224, help="input and probe size (px)")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the JSON")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--size", type=int, default=None, help="input and probe size (224 px)")
     parser.add_argument(
         "--option",
         action="append",
@@ -220,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a FeatureMonitor option to change, as a Python literal (log_budget=250_000)",
     )
     args = parser.parse_args(argv)
+    args.model = args.model or ("resnet18" if args.quick else "resnet50")
+    args.size = args.size or (64 if args.quick else 224)
+    args.json = args.json or RESULTS
     options: dict[str, Any] = {}
     for item in args.option:
         name, sep, value = item.partition("=")
@@ -238,19 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_log_size: error: unknown model {args.model!r}", file=sys.stderr)
         return 2
     result = measure(model_name=args.model, batch=args.batch, size=args.size, options=options)
-    result["machine"] = {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_featureviz": fv.__version__,
-        "python": platform.python_version(),
-    }
+    result["machine"] = machine_info("cpu")
     table = format_table(result)
     print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result)
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table + "\n")
+        write_text(args.markdown, table + "\n")
     print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

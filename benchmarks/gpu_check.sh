@@ -2,7 +2,7 @@
 # The whole GPU proof of issue 15, in one go, on one CUDA GPU, in at most 8 minutes.
 #
 #   cd <repo root> && bash benchmarks/gpu_check.sh             # on the GPU machine
-#   bash benchmarks/gpu_check.sh --dry-run                     # the same script on CPU, about 2 min
+#   bash benchmarks/gpu_check.sh --dry-run                     # the same script on CPU, < 1 min
 #
 # Uses the machine's own python3 (or $PYTHON) with PYTHONPATH=. and installs nothing: torch,
 # torchvision, numpy, matplotlib, tensorboard, and pytest + pillow for the CUDA tests. Peers
@@ -10,14 +10,14 @@
 #
 # Steps, each under its own time limit, the whole under a hard one (GPU_CHECK_LIMIT_S, 470 s):
 #   1. pytest -m cuda tests/test_cuda.py            -> gpu_cuda_tests.txt, gpu_cuda_report.json
-#   2. bench_featureviz.py, resnet50 224 at batch 1 and 32: hook, chain, peers, peak memory,
-#      end to end                                   -> gpu_featureviz.json / .md
-#   3. bench_monitor.py, resnet50 224 batch 32 with bf16 autocast, every=100, unsampled and
-#      capturing steps, the background writer beside training (real use)
-#                                                   -> gpu_monitor.json / .md
-#   4. the same with the writer charged to the capturing step (an upper bound), no peers
-#                                                   -> gpu_monitor_charged.json / .md
-#   5. gpu_summary.py: issue 15's targets next to the measured values, PASS / MISS
+#   2. benchmarks.bench_capture, resnet50 224 at batch 1 and 32: hook, chain, peers, peak
+#      memory, end to end                           -> gpu_featureviz.json / .md
+#   3. benchmarks.bench_monitor_peers, resnet50 224 batch 32 with bf16 autocast, every=100,
+#      unsampled and capturing steps, the background writer beside training (real use), with
+#      every installed peer                         -> gpu_monitor.json / .md
+#   4. benchmarks.bench_monitor_throughput: the same with the writer charged to the capturing
+#      step (an upper bound), no peers, no soak     -> gpu_monitor_charged.json / .md
+#   5. benchmarks.gpu_summary: issue 15's targets next to the measured values, PASS / MISS
 #                                                   -> gpu_check.md / .json
 # Each step writes its figures as they come, and the summary runs even after the hard limit, so
 # a stopped run still leaves a table. Results go to benchmarks/results/ (a dry run: a temporary
@@ -54,12 +54,12 @@ if [ -z "${_GPU_CHECK_STEPS:-}" ]; then
     [ "$rc" = 124 ] && echo "== stopped by the hard limit of ${LIMIT} s: the figures so far follow"
     echo "== summary ($(( $(date +%s) - start )) s so far)"
     if [ -f "$RESULTS/gpu_featureviz.json" ]; then  # the tables of a stopped run too
-        "$PY" benchmarks/bench_featureviz.py --from-json "$RESULTS/gpu_featureviz.json" \
+        "$PY" -m benchmarks.bench_capture --from-json "$RESULTS/gpu_featureviz.json" \
             --markdown "$RESULTS/gpu_featureviz.md" >/dev/null || true
     fi
     summary_args=("$RESULTS")
     [ "$DRY" = 1 ] && summary_args+=(--dry-run)
-    "$PY" benchmarks/gpu_summary.py "${summary_args[@]}" || rc=$?
+    "$PY" -m benchmarks.gpu_summary "${summary_args[@]}" || rc=$?
     if [ -n "${OUT:-}" ]; then
         mkdir -p "$OUT"
         cp -f "$RESULTS"/gpu_* "$OUT"/ 2>/dev/null || true
@@ -103,23 +103,24 @@ fi
 if [ "$DRY" = 1 ]; then
     FV=(--quick --device cpu --models resnet18 --sizes 32 --batches 1 2 --no-end-to-end)
     MON=(--device cpu --model tiny --size 16 --batch 2 --classes 4 --amp bf16 --rounds 1
-         --capture-samples 2 --no-soak)
+         --capture-samples 2)
     # A dry run checks that the script works, not how fast: only the hard limit bounds its
     # steps, so a loaded machine slows it down without failing it.
     FV_S=$LIMIT; MON_S=$LIMIT; MON2_S=$LIMIT
 else
     FV=(--device cuda --models resnet50 --sizes 224 --batches 1 32)
     MON=(--device cuda --model resnet50 --size 224 --batch 32 --classes 1000 --amp bf16
-         --rounds 3 --capture-samples 6 --no-soak)
+         --rounds 3 --capture-samples 6)
     FV_S=140; MON_S=130; MON2_S=60
 fi
 
-step "bench_featureviz" "$FV_S" "$PY" benchmarks/bench_featureviz.py "${FV[@]}" \
+step "bench_capture" "$FV_S" "$PY" -m benchmarks.bench_capture "${FV[@]}" \
     --json "$RESULTS/gpu_featureviz.json" --markdown "$RESULTS/gpu_featureviz.md"
-step "bench_monitor (writer beside training)" "$MON_S" "$PY" benchmarks/bench_monitor.py \
-    "${MON[@]}" --writer overlap --peers auto \
+step "bench_monitor_peers (writer beside training)" "$MON_S" \
+    "$PY" -m benchmarks.bench_monitor_peers "${MON[@]}" --writer overlap --peers auto \
     --json "$RESULTS/gpu_monitor.json" --markdown "$RESULTS/gpu_monitor.md"
-step "bench_monitor (writer charged to the capturing step)" "$MON2_S" \
-    "$PY" benchmarks/bench_monitor.py "${MON[@]}" --writer charged --peers none --rounds 1 \
-    --json "$RESULTS/gpu_monitor_charged.json" --markdown "$RESULTS/gpu_monitor_charged.md"
+step "bench_monitor_throughput (writer charged to the capturing step)" "$MON2_S" \
+    "$PY" -m benchmarks.bench_monitor_throughput "${MON[@]}" --writer charged --rounds 1 \
+    --no-soak --json "$RESULTS/gpu_monitor_charged.json" \
+    --markdown "$RESULTS/gpu_monitor_charged.md"
 exit 0

@@ -1,6 +1,6 @@
 """The summary of ``bash benchmarks/gpu_check.sh``: issue 15's targets next to the measured values.
 
-Run: ``python benchmarks/gpu_summary.py RESULTS_DIR [--dry-run]``. Reads what the check wrote
+Run: ``python -m benchmarks.gpu_summary RESULTS_DIR [--dry-run]``. Reads what the check wrote
 into ``RESULTS_DIR`` (any of it may be missing: a stopped run still gets its table), prints a
 Markdown table with PASS / MISS / not measured per target, and writes ``gpu_check.md`` and
 ``gpu_check.json`` there.
@@ -129,7 +129,9 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gpu_summary", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_summary", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("results", type=Path, help="the folder gpu_check.sh wrote into")
     parser.add_argument("--dry-run", action="store_true", help="judge on whatever ran")
     args = parser.parse_args(argv)

@@ -1,10 +1,10 @@
-"""The benchmark script runs (``--quick``) and reports a complete, well-formed set of figures.
+"""The benchmarks run (``--quick``) and report a complete, well-formed set of figures.
 
 Timings are never asserted: only that every figure exists, is finite and positive, and that the
-JSON has the structure RESULTS.md and ``featureviz bench`` rely on.
+JSON has the structure RESULTS.md and ``featureviz bench`` rely on. The benchmarks are imported
+as the ``benchmarks`` package (the way ``featureviz bench`` and ``python -m`` run them).
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_featureviz.py"
+from benchmarks import bench_capture, bench_log_size
+from benchmarks._capture_variants import VARIANT_LABELS, chain_fidelity
 
-
-def _load_bench():
-    # The way `featureviz bench` loads it: from its path, not registered in sys.modules.
-    spec = importlib.util.spec_from_file_location("bench_featureviz_under_test", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _positive(value, where):
@@ -32,10 +26,12 @@ def _positive(value, where):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    bench = _load_bench()
+    bench = bench_capture
     json_path, md_path = out / "bench.json", out / "bench.md"
+    # A 32 px input: every variant and table at a quarter of the quick run's default cost.
     code = bench.main(
-        ["--quick", "--device", "cpu", "--json", str(json_path), "--markdown", str(md_path)]
+        ["--quick", "--device", "cpu", "--sizes", "32", "--json", str(json_path),
+         "--markdown", str(md_path)]
     )
     assert code == 0
     return json.loads(json_path.read_text()), md_path.read_text(), bench
@@ -99,7 +95,7 @@ def test_end_to_end_figures(quick_run):
 def test_table_names_every_variant(quick_run, tmp_path, capsys):
     results, table, bench = quick_run
     for name in results["cases"][0]["variants"]:
-        assert bench.VARIANT_LABELS[name] in table
+        assert VARIANT_LABELS[name] in table
     assert "End to end" in table
     # --from-json re-prints the same tables from the JSON alone.
     saved = tmp_path / "r.json"
@@ -111,11 +107,10 @@ def test_table_names_every_variant(quick_run, tmp_path, capsys):
 def test_chain_fidelity_pools_to_the_smaller_map():
     import torch
 
-    bench = _load_bench()
     real = torch.rand(4, 8, 8)
     # A chain map at twice the resolution whose 2x2 blocks average to the real map.
     chain = real.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
-    got = bench.chain_fidelity({"a": real, "b": real}, {"a": chain, "b": -real})
+    got = chain_fidelity({"a": real, "b": real}, {"a": chain, "b": -real})
     assert got["resized_layers"] == 1 and got["layers"] == 2
     assert got["per_layer"]["a"] == pytest.approx(1.0)
     assert got["min"] == pytest.approx(-1.0) and got["min_layer"] == "b"
@@ -127,7 +122,7 @@ def test_gpu_check_dry_run_leaves_every_table(tmp_path):
     import subprocess
     import sys
 
-    root = BENCH.parents[1]
+    root = ROOT
     # A generous hard limit (about 2 minutes unloaded): a loaded CI machine must not fail it.
     env = dict(
         os.environ,
@@ -169,12 +164,7 @@ def test_gpu_check_dry_run_leaves_every_table(tmp_path):
 
 @pytest.mark.slow
 def test_log_size_breakdown_adds_up(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "bench_log_size_under_test", BENCH.parent / "bench_log_size.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_log_size
     out = tmp_path / "size.json"
     args = ["--model", "resnet18", "--size", "64", "--batch", "2", "--json", str(out)]
     assert bench.main(args) == 0

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tensorboard_server import (
+from tests.support.tensorboard_server import (
     TensorBoardServer,
     blob_key_tag,
     marker_image,

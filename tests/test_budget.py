@@ -14,7 +14,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from tests.helpers import GatedSink, read_events
+from tests.support.helpers import GatedSink, read_events
 from torch_featureviz import FeatureMonitor, find_conv_layers
 from torch_featureviz.capture.pooling import map_pixels, pool_factor, pool_map
 from torch_featureviz.monitor.budget import MapBudget, filter_extent, plan_filters, water_fill

@@ -6,7 +6,13 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot, tiny_net
+from tests.support.helpers import (
+    assert_same_state,
+    hook_count,
+    reference_maps,
+    state_snapshot,
+    tiny_net,
+)
 from torch_featureviz import FeatureCapture, capture_feature_maps, find_conv_layers
 from torch_featureviz.capture.hooks import PassObserver
 

@@ -3,7 +3,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import assert_same_state, hook_count, state_snapshot
+from tests.support.helpers import assert_same_state, hook_count, state_snapshot
 from torch_featureviz import Extractor, FeatureCapture, chain_feature_maps
 
 

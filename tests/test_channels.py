@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import decode, read_events, reference_maps
+from tests.support.helpers import decode, read_events, reference_maps
 from torch_featureviz import FeatureMonitor
 from torch_featureviz.monitor.channels import ChannelChooser
 from torch_featureviz.render.grids import make_feature_grid

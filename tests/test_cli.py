@@ -18,7 +18,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.helpers import assert_same_state, state_snapshot
+from tests.support.helpers import assert_same_state, state_snapshot
 from torch_featureviz import cli
 from torch_featureviz.cli import app as cli_app
 from torch_featureviz.cli import bench as cli_bench
@@ -75,8 +75,9 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         assert re.search(pattern, err), err
     code, out, err = run_main(["info"], capsys)
     assert code == 2 and "give a model name (e.g. resnet18, timm:resnet18 or hf:" in err
-    code, out, err = run_main(["info", "resnet18", "--model-class", "tests.helpers:TinyNet"],
-                              capsys)
+    code, out, err = run_main(
+        ["info", "resnet18", "--model-class", "tests.support.helpers:TinyNet"], capsys
+    )
     assert code == 2 and "not both" in err
 
 
@@ -128,7 +129,7 @@ def test_info_reports_shared_convs_groups_and_leaves_model_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "cli_user_models.py").write_text(
-        "from tests.helpers import TinyNet\n"
+        "from tests.support.helpers import TinyNet\n"
         "import torch\n"
         "MADE = []\n"
         "def make():\n"
@@ -505,27 +506,32 @@ def test_real_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("usage: featureviz demo")
 
 
-def test_bench_runs_the_script_with_the_remaining_arguments(
+def test_bench_runs_the_benchmark_module_with_the_remaining_arguments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.bench_script() == REPO / "benchmarks" / "bench_featureviz.py"
-    assert cli.bench_script().is_file()
-    script = tmp_path / "bench_featureviz.py"
-    script.write_text(
-        "import sibling\n"
+    # In a checkout the real module imports by name (no file is run by its path).
+    real = cli.load_benchmark()
+    assert real.__name__ == "benchmarks.bench_capture"
+    assert Path(real.__file__).resolve() == REPO / "benchmarks" / "bench_capture.py"
+    package = tmp_path / "fakebench"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "sibling.py").write_text("VALUE = 42\n")
+    (package / "bench_capture.py").write_text(
+        "from fakebench import sibling\n"
         "def main(argv=None):\n"
         "    print('bench got', argv, sibling.VALUE)\n"
         "    return 3 if '--fail' in argv else 0\n"
     )
-    (tmp_path / "sibling.py").write_text("VALUE = 42\n")
-    monkeypatch.setattr(cli_bench, "bench_script", lambda: script)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli_bench, "BENCH_MODULE", "fakebench.bench_capture")
     code, out, err = run_main(["bench", "--quick", "--sizes", "64"], capsys)
     assert code == 0 and "bench got ['--quick', '--sizes', '64'] 42" in out
     assert cli.main(["bench", "--fail"]) == 3
-    assert str(tmp_path) not in sys.path
-    monkeypatch.setattr(cli_bench, "bench_script", lambda: tmp_path / "missing" / "bench.py")
+    monkeypatch.setattr(cli_bench, "BENCH_MODULE", "no_such_benchmarks.bench_capture")
     code, out, err = run_main(["bench"], capsys)
-    assert code == 2 and "the benchmarks are not installed" in err and "source checkout" in err
+    assert code == 2 and "not part of the installed package" in err and "source checkout" in err
+    assert "python -m benchmarks.bench_capture" in err
 
 
 def test_internal_errors_are_one_line_exit_1(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import tiny_net
+from tests.support.helpers import tiny_net
 from torch_featureviz import FeatureMonitor, make_feature_grid
 
 

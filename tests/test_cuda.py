@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import reference_maps, tiny_net
+from tests.support.helpers import reference_maps, tiny_net
 from torch_featureviz import FeatureCapture, FeatureMonitor
 
 pytestmark = [

@@ -3,7 +3,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import TinyNet, tiny_net
+from tests.support.helpers import TinyNet, tiny_net
 from torch_featureviz import Extractor, find_conv_layers, find_linear_layers, unwrap_model
 from torch_featureviz.capture.discovery import CONV_TYPES
 

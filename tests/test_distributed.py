@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.dist_helpers import finish_gloo, init_gloo, run_ranks
-from tests.helpers import tiny_net
+from tests.support.dist_helpers import finish_gloo, init_gloo, run_ranks
+from tests.support.helpers import tiny_net
 
 COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "barrier", "reduce", "gather", "scatter",
                "all_gather_object", "broadcast_object_list", "all_to_all", "reduce_scatter")

@@ -28,7 +28,7 @@ import torchvision
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tests.helpers import decode, hook_count, read_events, reference_maps, tiny_net
+from tests.support.helpers import decode, hook_count, read_events, reference_maps, tiny_net
 from torch_featureviz import FeatureCapture, FeatureMonitor, capture_feature_maps
 from torch_featureviz.capture.hooks import PassObserver
 from torch_featureviz.render.grids import make_feature_grid
@@ -450,7 +450,7 @@ def test_sigterm_handler_flushes_then_chains(tmp_path: Path) -> None:
         import os, signal, sys, time
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         import torch
-        from tests.helpers import tiny_net
+        from tests.support.helpers import tiny_net
         from torch_featureviz import FeatureMonitor
 
         def previous(signum, frame):
@@ -543,7 +543,7 @@ def test_random_sequences_of_training_code(tmp_path_factory: pytest.TempPathFact
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from tests.reliability_models import reproducible
+    from tests.support.reliability_models import reproducible
 
     @reproducible(25)
     @given(st.lists(st.sampled_from(OPS), min_size=1, max_size=10))

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.helpers import tiny_net
+from tests.support.helpers import tiny_net
 from torch_featureviz import (
     FeatureCapture,
     find_conv_layers,

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tests.dist_helpers import finish_gloo, init_gloo, run_ranks
-from tests.helpers import Block, decode, read_events, tiny_net
+from tests.support.dist_helpers import finish_gloo, init_gloo, run_ranks
+from tests.support.helpers import Block, decode, read_events, tiny_net
 
 KINDS = ("fsdp2", "fsdp1", "fsdp1_orig_params")
 STEPS, EVERY = 5, 2
@@ -258,13 +258,13 @@ def test_lightning_fsdp_strategy_on_cpu(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.dist_helpers import free_port
+    from tests.support.dist_helpers import free_port
 
     pytest.importorskip("lightning")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.lightning_fsdp_run", str(tmp_path)],
+        [sys.executable, "-m", "tests.support.lightning_fsdp_run", str(tmp_path)],
         cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # Lightning's rank 1 is its child: one group to kill
     )
@@ -335,7 +335,7 @@ def test_an_unsharded_model_is_read_without_collectives() -> None:
 
 @pytest.mark.slow
 def test_monitor_benchmark_fsdp_run_reports_every_variant(tmp_path: Path) -> None:
-    """`bench_monitor.py --fsdp` runs (as a script: its ranks are spawned from it) and writes
+    """`python -m benchmarks.bench_sharded` runs (its ranks are spawned from it) and writes
     finite figures for every variant; no timing is asserted."""
     import math
     import subprocess
@@ -344,8 +344,8 @@ def test_monitor_benchmark_fsdp_run_reports_every_variant(tmp_path: Path) -> Non
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "fsdp.json"
     proc = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "bench_monitor.py"), "--fsdp", "--quick",
-         "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.bench_sharded", "--quick", "--batch", "2", "--json",
+         str(out)],
         cwd=repo, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

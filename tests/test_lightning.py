@@ -14,7 +14,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
-from tests.helpers import hook_count, tiny_net
+from tests.support.helpers import hook_count, tiny_net
 from torch_featureviz.integrations.lightning import FeatureMonitorCallback
 
 
@@ -200,7 +200,7 @@ class FrozenModule(Module):
 def test_validation_accumulation_validate_and_test_log_only_training_batches(
     tmp_path: Path,
 ) -> None:
-    from tests.helpers import decode, reference_maps
+    from tests.support.helpers import decode, reference_maps
     from torch_featureviz.render.grids import make_feature_grid
 
     train = loader(n=24, batch=2)  # 12 micro-batches, 6 optimizer steps

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.helpers import TinyNet, tiny_net
+from tests.support.helpers import TinyNet, tiny_net
 from torch_featureviz.loading.images import load_image, preprocess
 from torch_featureviz.loading.models import LoadedModel, ModelLoadError, load_model, resolve_weights
 
@@ -116,8 +116,8 @@ def test_checkpoint_round_trip_and_wrappers(tmp_path: Path) -> None:
     parallel = tmp_path / "ddp.pt"
     torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, parallel)
     for path in (plain, lightning, parallel):
-        loaded = load_model(model_class="tests.helpers:TinyNet", checkpoint=path)
-        assert loaded.description == f"tests.helpers:TinyNet (checkpoint {path})"
+        loaded = load_model(model_class="tests.support.helpers:TinyNet", checkpoint=path)
+        assert loaded.description == f"tests.support.helpers:TinyNet (checkpoint {path})"
         for key, value in source.state_dict().items():
             assert torch.equal(loaded.model.state_dict()[key], value), (path, key)
 
@@ -143,7 +143,7 @@ def test_checkpoint_shape_mismatch(tmp_path: Path) -> None:
     torch.save(TinyNet(classes=5).state_dict(), path)
     with pytest.raises(ModelLoadError, match=r"2 tensors differ in shape .*fc\.weight \(5, 16\) "
                        r"vs \(4, 16\)"):
-        load_model(model_class="tests.helpers:TinyNet", checkpoint=path)
+        load_model(model_class="tests.support.helpers:TinyNet", checkpoint=path)
 
 
 def test_checkpoint_that_is_not_a_pure_state_dict_is_refused(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_checkpoint_that_is_not_a_pure_state_dict_is_refused(tmp_path: Path) -> 
     torch.save(tiny_net(), whole)
     with pytest.raises(ModelLoadError, match=r"not a pure state dict: it pickles Python objects "
                        r"\(such as tests\.helpers\.TinyNet\)"):
-        load_model(model_class="tests.helpers:TinyNet", checkpoint=whole)
+        load_model(model_class="tests.support.helpers:TinyNet", checkpoint=whole)
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(ModelLoadError, match=r"holds a list, not a state dict"):
@@ -175,7 +175,7 @@ def test_checkpoint_that_is_not_a_pure_state_dict_is_refused(tmp_path: Path) -> 
 
 
 def test_model_class_from_module_and_file(tmp_path: Path) -> None:
-    loaded = load_model(model_class="tests.helpers:TinyNet")
+    loaded = load_model(model_class="tests.support.helpers:TinyNet")
     assert isinstance(loaded.model, TinyNet) and not loaded.model.training
     source = tmp_path / "my_net.py"
     source.write_text(
@@ -205,7 +205,7 @@ def test_model_class_errors(tmp_path: Path) -> None:
     cases = {
         "no_colon": r"must look like 'package\.module:ClassName'",
         "definitely_missing_mod:Net": r"cannot import module 'definitely_missing_mod'",
-        "tests.helpers:TinyNe": r"has no attribute 'TinyNe'; did you mean TinyNet",
+        "tests.support.helpers:TinyNe": r"has no attribute 'TinyNe'; did you mean TinyNet",
         f"{source}:NeedsArgs": r"NeedsArgs\(\) failed: TypeError: .*constructible with no args|"
         r"constructible with no arguments",
         f"{source}:not_a_module": r"returned a int, not a torch\.nn\.Module",
@@ -222,11 +222,11 @@ def test_conflicting_and_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=either):
         load_model()
     with pytest.raises(ModelLoadError, match=either):
-        load_model("resnet18", model_class="tests.helpers:TinyNet")
+        load_model("resnet18", model_class="tests.support.helpers:TinyNet")
     with pytest.raises(ModelLoadError, match=r"--weights and --checkpoint both set the weights"):
         load_model("resnet18", weights="DEFAULT", checkpoint=tmp_path / "x.pt")
     with pytest.raises(ModelLoadError, match=r"--weights names torchvision weights"):
-        load_model(model_class="tests.helpers:TinyNet", weights="DEFAULT")
+        load_model(model_class="tests.support.helpers:TinyNet", weights="DEFAULT")
     with pytest.raises(TypeError, match=r"name must be a str or None, got int"):
         load_model(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"checkpoint must be a path or None, got int"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import importlib.util
 import io
 import os
 import subprocess
@@ -22,7 +21,7 @@ from PIL import Image
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.helpers import (
+from tests.support.helpers import (
     FailingSink,
     GatedSink,
     assert_same_state,
@@ -584,7 +583,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, torch
     sys.path.insert(0, {root!r})
-    from tests.helpers import tiny_net
+    from tests.support.helpers import tiny_net
     from torch_featureviz import FeatureMonitor
     model = tiny_net()
     monitor = FeatureMonitor(model, {log_dir!r}, every=2, on_full="block")
@@ -613,12 +612,9 @@ def test_logs_survive_exit_and_crash(tmp_path: Path, mode: str) -> None:
 
 # -- resources -------------------------------------------------------------------------------
 def _load_bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_monitor", ROOT / "benchmarks" /
-                                                  "bench_monitor.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import bench_monitor_throughput
+
+    return bench_monitor_throughput
 
 
 @pytest.mark.slow
@@ -631,7 +627,10 @@ def test_monitor_benchmark_quick_run_writes_finite_figures(tmp_path: Path, capsy
 
     bench = _load_bench()
     out = tmp_path / "monitor.json"
-    assert bench.main(["--quick", "--out", str(out)]) == 0
+    # The soak's two-conv net as the workload: the script's every path, at a fraction of the
+    # demo model's cost.
+    tiny = ["--model", "tiny", "--size", "16", "--batch", "4", "--classes", "4"]
+    assert bench.main(["--quick", *tiny, "--out", str(out)]) == 0
     # It flushes denormals while it times, and must leave the process as it found it.
     assert (torch.tensor([1e-39]) * 1.0).item() != 0.0
     printed = capsys.readouterr().out

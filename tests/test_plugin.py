@@ -16,13 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.plugin_helpers import (
+from tests.support.plugin_helpers import (
     MODEL_ORDER,
     write_chosen_channel_logs,
     write_monitor_logs,
     write_synthetic_logs,
 )
-from tests.tensorboard_server import (
+from tests.support.tensorboard_server import (
     _DIRECT,
     TensorBoardServer,
     free_port,

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.plugin_helpers import (
+from tests.support.plugin_helpers import (
     MODEL_ORDER,
     Chromium,
     chromium_executable,
     write_chosen_channel_logs,
     write_monitor_logs,
 )
-from tests.tensorboard_server import TensorBoardServer, start_tensorboard
+from tests.support.tensorboard_server import TensorBoardServer, start_tensorboard
 
 pytestmark = pytest.mark.slow
 ENTRY = "/data/plugin_entry.html?name=featureviz"

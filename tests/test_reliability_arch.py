@@ -1,9 +1,9 @@
 """Hook capture on random architectures nobody planned for (hypothesis, issue 6 part 1).
 
-For every generated CNN (see tests/reliability_models.py): discovery finds every Conv2d, hook-mode
-maps equal an independent hook-free reference, outputs and gradients are bit-identical with and
-without a capture, parameters, buffers and train flags are unchanged by capturing, and no hook is
-left behind.
+For every generated CNN (see tests/support/reliability_models.py): discovery finds every Conv2d,
+hook-mode maps equal an independent hook-free reference, outputs and gradients are bit-identical
+with and without a capture, parameters, buffers and train flags are unchanged by capturing, and no
+hook is left behind.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot
-from tests.reliability_models import (
+from tests.support.helpers import assert_same_state, hook_count, reference_maps, state_snapshot
+from tests.support.reliability_models import (
     arch_specs,
     build_model,
     one_thread,

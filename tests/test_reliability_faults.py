@@ -28,8 +28,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import assert_same_state, hook_count, reference_maps, state_snapshot
-from tests.reliability_models import (
+from tests.support.helpers import assert_same_state, hook_count, reference_maps, state_snapshot
+from tests.support.reliability_models import (
     SHARED_POOL_MAX,
     one_thread,
     owned_threads,

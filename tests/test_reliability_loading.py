@@ -27,7 +27,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.reliability_models import one_thread
+from tests.support.reliability_models import one_thread
 from torch_featureviz import FeatureCapture, FeatureMonitor, TensorBoardWriter, find_conv_layers
 from torch_featureviz.loading.models import ModelLoadError, load_model
 

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.reliability_models import one_thread, record_figures, reproducible
+from tests.support.reliability_models import one_thread, record_figures, reproducible
 from torch_featureviz import make_feature_grid, make_filter_grid
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)

@@ -24,8 +24,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import hook_count
-from tests.reliability_models import (
+from tests.support.helpers import hook_count
+from tests.support.reliability_models import (
     SHARED_POOL_MAX,
     one_thread,
     owned_threads,

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.helpers import read_events
+from tests.support.helpers import read_events
 from torch_featureviz import FeatureCapture, FeatureMonitor
 from torch_featureviz.monitor.statistics import (
     ActivationStatistics,
@@ -200,7 +200,7 @@ def test_dead_channel_window() -> None:
 def test_custom_scalars_layout_and_model_summaries_read_back_through_tensorboard(
     tmp_path: Path,
 ) -> None:
-    from tests.tensorboard_server import start_tensorboard
+    from tests.support.tensorboard_server import start_tensorboard
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50()

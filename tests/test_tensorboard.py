@@ -11,7 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from tests.helpers import tiny_net
+from tests.support.helpers import tiny_net
 from torch_featureviz import (
     FeatureCapture,
     TensorBoardWriter,

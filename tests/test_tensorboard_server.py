@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import tiny_net
-from tests.tensorboard_server import (
+from tests.support.helpers import tiny_net
+from tests.support.tensorboard_server import (
     SAMPLES,
     TensorBoardServer,
     blob_key_tag,

@@ -7,7 +7,7 @@ weights and a tiny input:
 
 - discovery finds exactly the convs an ``isinstance`` walk finds, in ``named_modules`` order;
 - one forward with a :class:`FeatureCapture` attached gives one map per conv call, named as
-  the hook-free reference (``tests.helpers.reference_maps``) names them, with equal values;
+  the hook-free reference (``tests.support.helpers.reference_maps``) names them, with equal values;
 - the model's outputs are bit-identical with and without the capture;
 - no hook is left afterwards.
 
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from tests.helpers import hook_count, reference_maps
-from tests.zoo_models import (
+from tests.support.helpers import hook_count, reference_maps
+from tests.support.zoo_models import (
     TIMM_MODELS,
     Case,
     cheap_init,
@@ -324,7 +324,7 @@ def test_monitored_training_run_of_r3d_18(tmp_path: Any) -> None:
 
 
 def test_monitored_training_run_of_a_conv1d_audio_cnn(tmp_path: Any) -> None:
-    from tests.zoo_models import AudioCNN
+    from tests.support.zoo_models import AudioCNN
 
     torch.manual_seed(0)
     model = AudioCNN().train()

@@ -7,7 +7,7 @@ Commands::
     featureviz filters MODEL    filter grids as figures (--out) and/or TensorBoard logs (--logdir)
     featureviz maps MODEL       feature maps of an image, hook mode, chain mode or both compared
     featureviz demo ...         the built-in training demo (torch_featureviz.demo)
-    featureviz bench ...        the benchmarks (benchmarks/bench_featureviz.py, source checkout)
+    featureviz bench ...        the capture benchmark (benchmarks.bench_capture, source checkout)
 
 MODEL is a torchvision model name (``featureviz info resnet50``), ``timm:NAME`` (``timm:resnet18``,
 needs the ``timm`` extra) or ``hf:CLASS`` (``hf:ResNetModel``, needs the ``hf`` extra; ``--config
@@ -37,6 +37,6 @@ silences everything but errors; otherwise a progress bar runs on stderr across l
 """
 
 from torch_featureviz.cli.app import COMMANDS, build_parser, main
-from torch_featureviz.cli.bench import bench_script
+from torch_featureviz.cli.bench import load_benchmark
 
-__all__ = ["COMMANDS", "bench_script", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "load_benchmark", "main"]

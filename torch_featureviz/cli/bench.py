@@ -1,49 +1,56 @@
-"""``featureviz bench ...``: the benchmarks of a source checkout (arguments go to the script)."""
+"""``featureviz bench ...``: the capture benchmark of a source checkout (arguments go to it).
+
+The benchmarks are not part of the installed package: they live in the ``benchmarks`` package
+of a source checkout, and this command imports ``benchmarks.bench_capture`` when it can (run
+from the repository root with ``python -m torch_featureviz.cli bench ...``, or with the root on
+``PYTHONPATH``) and says so clearly when it cannot. It never runs a file by its path.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
+from types import ModuleType
 from typing import Any
 
-import torch_featureviz
 from torch_featureviz.cli.common import UsageError
 from torch_featureviz.cli.loading import Parents
 
-BENCH_HELP = "run the benchmarks (needs a source checkout); arguments go to the bench script"
+BENCH_HELP = (
+    "run the capture benchmark (benchmarks.bench_capture of a source checkout); arguments go to it"
+)
+#: The module ``featureviz bench`` runs.
+BENCH_MODULE = "benchmarks.bench_capture"
+NOT_AVAILABLE = (
+    "the benchmarks are not part of the installed package: 'featureviz bench' imports "
+    f"{BENCH_MODULE} from a source checkout of torch_featureviz. From the repository root run "
+    f"'python -m {BENCH_MODULE} ARGS' (or 'PYTHONPATH=. featureviz bench ARGS')."
+)
 
 
-def bench_script() -> Path:
-    """Where ``featureviz bench`` looks for the benchmark script (in a source checkout)."""
-    root = Path(torch_featureviz.__file__).resolve().parents[1]
-    return root / "benchmarks" / "bench_featureviz.py"
+def load_benchmark(name: str | None = None) -> ModuleType:
+    """The benchmark module, imported by name; :class:`UsageError` when it is not importable.
+
+    >>> try:
+    ...     load_benchmark("no_such_package.bench_capture")
+    ... except UsageError as e:
+    ...     print(str(e).split(":")[0])
+    the benchmarks are not part of the installed package
+    """
+    name = BENCH_MODULE if name is None else name
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and name.startswith(e.name):  # the benchmarks themselves, not a
+            raise UsageError(NOT_AVAILABLE) from None  # dependency they import
+        raise
+    if not callable(getattr(module, "main", None)):
+        raise UsageError(f"{name} ({module.__file__}) has no main(argv): {NOT_AVAILABLE}")
+    return module
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    path = bench_script()
-    if not path.is_file():
-        raise UsageError(
-            f"the benchmarks are not installed ({path} does not exist); 'featureviz bench' runs "
-            "from a source checkout of torch_featureviz."
-        )
-    spec = importlib.util.spec_from_file_location("bench_featureviz", path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot load {path} as a Python module.")
-    module = importlib.util.module_from_spec(spec)
-    folder = str(path.parent)
-    added = folder not in sys.path
-    if added:  # the script may import its sibling modules
-        sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, "main", None)):
-            raise UsageError(f"{path} has no main(argv) function.")
-        return int(module.main(list(extra)) or 0)
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
+    return int(load_benchmark().main(list(extra)) or 0)
 
 
 def register(sub: Any, parents: Parents) -> None:

@@ -11,15 +11,13 @@ Rust data server, and ``--samples_per_plugin images=2000``), and in headless Chr
 - **slider**: for random steps, from setting the slider (an ``input`` event) to every panel's
   image of that step loaded, timed in the page with ``performance.now()`` (target <= 300 ms).
 
-Run: ``python benchmarks/bench_plugin.py [--quick] [--captures N] [--json PATH]``. Prints a
-table and writes ``benchmarks/results/plugin_cpu.json``. Timings on a shared machine are noisy.
+Run: ``python -m benchmarks.bench_tab [--quick] [--captures N] [--json PATH]``. Prints a table
+and writes ``benchmarks/results/plugin_cpu.json``. Timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import random
 import statistics
 import subprocess
@@ -27,18 +25,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.plugin_helpers import Chromium, synthetic_layers  # noqa: E402
-from tests.tensorboard_server import (  # noqa: E402
+from benchmarks._browser import (
+    Chromium,
     TensorBoardServer,
     free_port,
+    synthetic_layers,
     tensorboard_command,
 )
+from benchmarks._harness import RESULTS_DIR, base_parser, machine_info, write_json, write_text
 
-RESULTS = ROOT / "benchmarks" / "results" / "plugin_cpu.json"
+RESULTS = RESULTS_DIR / "plugin_cpu.json"
 ROUTE = "/data/plugin/featureviz"
 ENTRY = "/data/plugin_entry.html?name=featureviz"
 LOADED = (
@@ -123,75 +121,93 @@ def first_view(
     return time.monotonic() - max(listed_at, started), browser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--captures", type=int, default=1000)
-    parser.add_argument("--layers", type=int, default=53)
-    parser.add_argument("--slides", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="50 captures, 5 slides")
-    parser.add_argument("--json", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.captures, args.slides = 50, 5
-    results: dict[str, object] = {"captures": args.captures, "layers": args.layers,
-                                  "machine": platform.platform()}
-    with tempfile.TemporaryDirectory(prefix="bench_plugin_") as tmp:
-        root = Path(tmp)
-        logdir = root / "logs"
-        results.update(write_log(logdir / "resnet50", args.captures, args.layers))
-        server = start_server(logdir, root / "tensorboard.log")
-        browsers: list[Chromium] = []
-        try:
-            started = time.monotonic()
-            listed = poll(lambda: "resnet50" in server.get_json("/data/runs"), 300, "run listed")
-            results["server_lists_run_s"] = listed - started
-            cold, browser = first_view(server, root / "profile_cold", listed)
-            browsers.append(browser)
-            results["first_view_cold_s"] = cold
-            last = f"{synthetic_layers(args.layers)[-1]}"
+def measure(captures: int, layers: int, slides: int, root: Path) -> dict[str, Any]:
+    """Write the log under ``root``, serve it, and time the tab's first views and its slider."""
+    results: dict[str, Any] = {"captures": captures, "layers": layers}
+    logdir = root / "logs"
+    results.update(write_log(logdir / "resnet50", captures, layers))
+    server = start_server(logdir, root / "tensorboard.log")
+    browsers: list[Chromium] = []
+    try:
+        started = time.monotonic()
+        listed = poll(lambda: "resnet50" in server.get_json("/data/runs"), 300, "run listed")
+        results["server_lists_run_s"] = listed - started
+        cold, browser = first_view(server, root / "profile_cold", listed)
+        browsers.append(browser)
+        results["first_view_cold_s"] = cold
+        last = f"{synthetic_layers(layers)[-1]}"
 
-            def fully_loaded() -> bool:
-                layer = server.get_json(f"{ROUTE}/layer", run="resnet50", prefix="", layer=last)
-                return all(len(v["steps"]) == args.captures for v in layer["views"].values())
+        def fully_loaded() -> bool:
+            layer = server.get_json(f"{ROUTE}/layer", run="resnet50", prefix="", layer=last)
+            return all(len(v["steps"]) == captures for v in layer["views"].values())
 
-            results["all_steps_loaded_s"] = poll(fully_loaded, 600, "every step") - started
-            browser.close()
-            warm_started = time.monotonic()
-            warm, browser = first_view(server, root / "profile_warm", warm_started)
-            browsers.append(browser)
-            results["first_view_warm_s"] = warm
-            steps = browser.evaluate("(() => { const s = document.querySelector('#fv-slider');"
-                                     " return +s.max; })()")
-            rng = random.Random(0)
-            wanted = [rng.randrange(0, steps + 1) for _ in range(args.slides)]
-            values = browser.evaluate("[...new Set([...document.querySelectorAll('img.fv-grid')]"
-                                      ".flatMap(i => JSON.parse(i.dataset.steps)))]"
-                                      ".sort((a, b) => a - b)")
-            times = [browser.evaluate(f"{SLIDE}({i}, {values[i]})") for i in wanted]
-            results["slider_ms"] = {"median": statistics.median(times), "max": max(times),
-                                    "samples": times}
-        finally:
-            for b in browsers:
-                b.close()
-            server.stop()
+        results["all_steps_loaded_s"] = poll(fully_loaded, 600, "every step") - started
+        browser.close()
+        warm_started = time.monotonic()
+        warm, browser = first_view(server, root / "profile_warm", warm_started)
+        browsers.append(browser)
+        results["first_view_warm_s"] = warm
+        steps = browser.evaluate("(() => { const s = document.querySelector('#fv-slider');"
+                                 " return +s.max; })()")
+        rng = random.Random(0)
+        wanted = [rng.randrange(0, steps + 1) for _ in range(slides)]
+        values = browser.evaluate("[...new Set([...document.querySelectorAll('img.fv-grid')]"
+                                  ".flatMap(i => JSON.parse(i.dataset.steps)))]"
+                                  ".sort((a, b) => a - b)")
+        times = [browser.evaluate(f"{SLIDE}({i}, {values[i]})") for i in wanted]
+        results["slider_ms"] = {"median": statistics.median(times), "max": max(times),
+                                "samples": times}
+    finally:
+        for b in browsers:
+            b.close()
+        server.stop()
+    return results
+
+
+def format_table(results: dict[str, Any], slides: int) -> str:
+    """The figures, one per line, with their targets."""
     slider = results["slider_ms"]
-    assert isinstance(slider, dict)
     rows = [
         ("log written (s)", f"{results['write_s']:.1f}",
-         f"{results['bytes'] / 1e6:.0f} MB, {args.captures} captures x {args.layers} layers"),
+         f"{results['bytes'] / 1e6:.0f} MB, {results['captures']} captures x "
+         f"{results['layers']} layers"),
         ("server lists the run (s)", f"{results['server_lists_run_s']:.1f}", ""),
         ("first view, cold (s)", f"{results['first_view_cold_s']:.2f}", "target <= 3"),
         ("every step loaded (s)", f"{results['all_steps_loaded_s']:.1f}", ""),
         ("first view, warm (s)", f"{results['first_view_warm_s']:.2f}", "target <= 3"),
         ("slider, median (ms)", f"{slider['median']:.0f}", "target <= 300"),
-        ("slider, max (ms)", f"{slider['max']:.0f}", f"{args.slides} random steps"),
+        ("slider, max (ms)", f"{slider['max']:.0f}", f"{slides} random steps"),
     ]
     width = max(len(r[0]) for r in rows)
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:>8}  {note}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    return "\n".join(f"{name:<{width}}  {value:>8}  {note}" for name, value, note in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table; write JSON (and Markdown). Returns an exit code."""
+    parser = base_parser(
+        "bench_tab", (__doc__ or "").split("\n\n")[0],
+        json_default="benchmarks/results/plugin_cpu.json", quick_help="50 captures, 5 slides",
+        devices=("cpu",),
+    )
+    parser.add_argument("--captures", type=int, default=1000)
+    parser.add_argument("--layers", type=int, default=53)
+    parser.add_argument("--slides", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.captures, args.slides = 50, 5
+    if min(args.captures, args.layers, args.slides) < 1:
+        print("bench_tab: error: --captures, --layers and --slides must be >= 1", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench_tab_") as tmp:
+        results = measure(args.captures, args.layers, args.slides, Path(tmp))
+    results["machine"] = machine_info("cpu")
+    table = format_table(results, args.slides)
+    print(table)
+    out = args.json or RESULTS
+    write_json(out, results, indent=2)
+    if args.markdown:
+        write_text(args.markdown, table + "\n")
+    print(f"wrote {out}")
     return 0
 
 

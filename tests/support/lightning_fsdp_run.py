@@ -1,7 +1,7 @@
 """A Lightning FSDPStrategy run on 2 CPU processes, with FeatureMonitorCallback.
 
-Run as a script (``python -m tests.lightning_fsdp_run OUT_DIR``): Lightning's launcher starts
-rank 1 by running this script again. Two things Lightning needs on CPU, neither of which
+Run as a script (``python -m tests.support.lightning_fsdp_run OUT_DIR``): Lightning's launcher
+starts rank 1 by running this script again. Two things Lightning needs on CPU, neither of which
 touches the monitor:
 
 - ``FSDPStrategy`` refuses ``accelerator="cpu"`` by name, so the run uses a subclass that
@@ -28,7 +28,7 @@ def main(out: Path) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    from tests.helpers import Block, tiny_net
+    from tests.support.helpers import Block, tiny_net
     from torch_featureviz.integrations.lightning import FeatureMonitorCallback
 
     class CPUFSDPStrategy(FSDPStrategy):

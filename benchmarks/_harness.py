@@ -1,5 +1,6 @@
-"""The one timing harness of the benchmarks (``bench_featureviz.py`` and ``bench_monitor.py``).
+"""The one harness every benchmark under ``benchmarks/`` shares.
 
+- :func:`machine_info`: where the figures come from (one shape for every benchmark's JSON).
 - :class:`Variant`: one way of doing the work; ``setup``/``teardown`` are not timed, ``run`` is.
 - :func:`timed_call`: seconds of one ``run()``; CUDA events (with synchronisation) on a GPU,
   ``time.perf_counter`` on the CPU.
@@ -9,34 +10,56 @@
 - :func:`summary` and :func:`paired_ratio`: medians, means and same-round ratios.
 - :func:`measure_memory`: the peak memory of one call of each variant (CUDA: max allocated;
   CPU: peak RSS, see :func:`prepare_rss_measurement`).
+- :func:`write_json` and :func:`write_text`: results written whole or not at all (a run stopped
+  by a time limit leaves its last complete checkpoint).
+- :func:`base_parser`: ``--quick``, ``--json``, ``--markdown`` and ``--device``, alike everywhere.
 
-A script under ``benchmarks/`` imports it as ``_timing`` (its own folder is on ``sys.path``).
+Benchmarks import it as ``benchmarks._harness`` (run them as ``python -m benchmarks.NAME`` from
+the repository root).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import ctypes
 import gc
+import importlib
+import json
+import os
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = [
+    "RESULTS_DIR",
     "Variant",
+    "base_parser",
     "cuda_device",
+    "cuda_missing",
+    "importable",
     "interleave",
+    "machine_info",
     "measure_memory",
+    "package_version",
     "paired_ratio",
     "prepare_rss_measurement",
     "summary",
     "synchronize",
     "timed_call",
+    "write_json",
+    "write_text",
 ]
 
+#: Where the benchmarks write their results by default.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MB = 1024.0 * 1024.0
 
 
@@ -260,3 +283,104 @@ def measure_memory(
             v.teardown()
         result[v.name] = {"peak_mb": peak / MB, "extra_mb": max(peak - base, 0) / MB}
     return result
+
+
+# -- where the figures come from -------------------------------------------------------------------
+def importable(name: str) -> bool:
+    """Whether ``name`` imports (an optional peer that fails to import is simply absent)."""
+    try:
+        importlib.import_module(name)
+    except Exception:
+        return False
+    return True
+
+
+def package_version(name: str) -> str | None:
+    """``name.__version__``, or ``None`` when it is not installed."""
+    try:
+        return str(importlib.import_module(name).__version__)
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str, packages: Iterable[str] = ()) -> dict[str, Any]:
+    """The machine, the versions and the load, in the one shape every benchmark writes.
+
+    Args:
+        device: where the benchmark runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        packages: further packages whose version to record (``None`` when not installed).
+    """
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "device": device,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": package_version("torchvision"),
+        "torch_featureviz": package_version("torch_featureviz"),
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if cuda_device(device) else None,
+    }
+    for name in packages:
+        info[name] = package_version(name)
+    with contextlib.suppress(OSError):
+        info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+# -- writing results ---------------------------------------------------------------------------
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole (through a temporary file), making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_json(path: Path, results: Any, *, indent: int = 1) -> None:
+    """Write ``results`` as JSON to ``path`` whole (see :func:`write_text`)."""
+    write_text(path, json.dumps(results, indent=indent) + "\n")
+
+
+# -- the command line ----------------------------------------------------------------------------
+def base_parser(
+    prog: str,
+    description: str,
+    *,
+    json_default: str,
+    quick_help: str = "fewer repeats and smaller sizes (a smoke run)",
+    device_default: str | None = "cpu",
+    devices: Sequence[str] = ("cpu", "cuda"),
+) -> argparse.ArgumentParser:
+    """The options every benchmark has: ``--quick``, ``--json`` (alias ``--out``),
+    ``--markdown`` and ``--device`` (``None`` as default: CUDA when available)."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{prog}", description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--json", "--out", dest="json", type=Path, default=None,
+        help=f"where to write the results (default {json_default})",
+    )
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    parser.add_argument(
+        "--device", choices=tuple(devices), default=device_default,
+        help="default: " + (device_default or "cuda when available, else cpu"),
+    )
+    return parser
+
+
+def cuda_missing(prog: str, device: str) -> bool:
+    """Say so on stderr and return ``True`` when ``device`` is CUDA but none is available."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print(f"{prog}: error: --device cuda but CUDA is not available", file=sys.stderr)
+        return True
+    return False

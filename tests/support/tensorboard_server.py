@@ -9,79 +9,27 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
+from benchmarks._browser import (  # noqa: F401  (re-exported for the tests)
+    DIRECT,
+    TensorBoardServer,
+    free_port,
+    tensorboard_command,
+)
+
 START_TIMEOUT_S = 90.0
-# Talk to the local server directly, whatever *_proxy variables the environment (or an earlier
-# test, through urllib's global opener) has set.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 SAMPLES = 15  # more than TensorBoard's default of 10 images per tag
-
-
-@dataclass
-class TensorBoardServer:
-    """A running ``tensorboard`` process and how to ask it things."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str, **params: Any) -> bytes:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with _DIRECT.open(f"{self.url}{path}{query}", timeout=30) as response:
-            return response.read()
-
-    def get_json(self, path: str, **params: Any) -> Any:
-        return json.loads(self.get(path, **params))
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return "<no log>"
-
-    def stop(self) -> None:
-        """Stop the server and anything it started; idempotent."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=15)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tensorboard_command() -> list[str]:
-    exe = Path(sys.executable).parent / "tensorboard"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tensorboard.main"]
+_DIRECT = DIRECT  # the tests spell it privately
 
 
 def wait_for(
