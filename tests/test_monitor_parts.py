@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import read_events, reference_maps, tiny_net
+from tests.support.helpers import read_events, reference_maps, tiny_net
 from torch_featureviz.capture import FeatureCapture, PassRecord, find_conv_layers
 from torch_featureviz.monitor import FeatureMonitor, MonitorConfig, assembly
 from torch_featureviz.monitor.cycle import StepCycle

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import reference_maps, tiny_net
+from tests.support.helpers import reference_maps, tiny_net
 from torch_featureviz.capture import FeatureCapture, PassObserver, PassRecord
 from torch_featureviz.capture.pooling import map_pixels
 from torch_featureviz.capture.selection import MapSelector

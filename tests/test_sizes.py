@@ -33,13 +33,6 @@ MAX_TOP_LEVEL = 40
 #: Remove an entry when its split lands: an entry that no longer breaks a limit fails
 #: :func:`test_the_allowlist_has_no_stale_entries`, so the list can only shrink.
 ALLOWED: frozenset[tuple[str, str]] = frozenset({
-    # house-monitor: the monitor as a facade (StepCycle, LogPlan, a ~40-line __init__).
-    ("monitor/feature_monitor.py", ""),
-    ("monitor/feature_monitor.py", "FeatureMonitor"),
-    ("monitor/feature_monitor.py", "FeatureMonitor.__init__"),
-    # house-monitor: the capture's publishing and settings refactor.
-    ("capture/hooks.py", ""),
-    ("capture/hooks.py", "FeatureCapture"),
     # the demo's helper: run_demo in steps.
     ("demo.py", "run_demo"),
 })
@@ -169,18 +162,6 @@ def _undocumented(module_name: str) -> list[str]:
 #: TEMPORARY: public names of modules being refactored on other branches (issue 28) that have
 #: no example yet. Remove an entry when its example lands (a stale entry fails the test).
 UNDOCUMENTED_ALLOWED: frozenset[str] = frozenset({
-    # house-monitor (capture/hooks.py, monitor/**).
-    "torch_featureviz.capture_feature_maps",
-    "torch_featureviz.preserved_state",
-    "torch_featureviz.capture.PassObserver",
-    "torch_featureviz.capture.PassRecord",
-    "torch_featureviz.capture.capture_feature_maps",
-    "torch_featureviz.capture.preserved_state",
-    "torch_featureviz.monitor.MonitorConfig",
-    # house-bench (what `featureviz bench` runs moves with the benchmarks).
-    "torch_featureviz.cli.bench_script",
-    # integrations/lightning.py: on no branch of this round; the lead's.
-    "torch_featureviz.integrations.FeatureMonitorCallback",
 })
 
 

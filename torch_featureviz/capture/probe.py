@@ -43,6 +43,14 @@ def capture_feature_maps(
     Raises:
         TypeError, ValueError: bad arguments.
         RuntimeError: the model's forward failed on the input.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+        >>> maps = capture_feature_maps(net, torch.rand(1, 3, 8, 8))
+        >>> {name: tuple(m.shape) for name, m in maps.items()}
+        {'0': (4, 6, 6), '2': (2, 4, 4)}
     """
     cap = FeatureCapture(
         model, layers, max_channels=max_channels, sample=sample, max_calls=max_calls, types=types

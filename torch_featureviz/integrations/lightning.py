@@ -71,6 +71,11 @@ class FeatureMonitorCallback(Callback):
     Raises:
         TypeError, ValueError: bad options, at construction; a probe that does not fit the
             model or a model without Conv2d layers, at fit start.
+
+    Example:
+        >>> from torch_featureviz.integrations import FeatureMonitorCallback
+        >>> callback = FeatureMonitorCallback(every=100, layers=["conv1", "layer1.*"])
+        >>> # lightning.Trainer(callbacks=[callback]).fit(model)  # logs every 100 steps
     """
 
     def __init__(

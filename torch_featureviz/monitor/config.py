@@ -95,6 +95,11 @@ class MonitorConfig:
             factor to reach it), unless ``log_budget`` needs it smaller.
         name: put every tag under ``<name>/`` (a GAN's ``"G"`` and ``"D"`` sharing a run).
         handle_sigterm: on SIGTERM, flush the log, then run the previous handler.
+
+    Example:
+        >>> config = MonitorConfig(every=50, layers="layer1.*")
+        >>> config.every, config.layers
+        (50, 'layer1.*')
     """
 
     every: int = 100
