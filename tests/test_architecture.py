@@ -49,6 +49,7 @@ MODULES: dict[str, list[set[str]]] = {
     "cli": [
         {"common"},
         {"loading"},
+        {"infer"},
         {"info", "filters", "maps", "demo", "bench", "timelapse"},
         {"app"},
         {"__init__"},

@@ -196,10 +196,17 @@ def model_options() -> Parser:
     g.add_argument(
         "--input-channels",
         type=positive_int,
-        default=3,
         metavar="N",
-        help="channels of the input made from the image (default 3, RGB; 1: grayscale; other "
-        "N: the RGB channels repeated, channel i being colour i %% 3, or cut)",
+        help="channels of the input made from the image (default: 1 when the first conv takes "
+        "1, else 3, RGB; a forward that asks for another count is retried with it; other N: "
+        "the RGB channels repeated, channel i being colour i %% 3, or cut)",
+    )
+    g.add_argument(
+        "--frames",
+        type=positive_int,
+        metavar="T",
+        help="video models (a Conv3d first): the clip's length, the image repeated, laid out "
+        "(N, C, T, H, W) (default: the weights' clip length, else 8)",
     )
     g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(

@@ -20,6 +20,13 @@ from torch_featureviz.cli.common import (
     warn,
     wrap,
 )
+from torch_featureviz.cli.infer import (
+    as_clip,
+    check_image_count,
+    clip_frames,
+    resolve_channels,
+    with_channel_retry,
+)
 from torch_featureviz.cli.loading import (
     Parents,
     forward,
@@ -31,19 +38,71 @@ from torch_featureviz.cli.loading import (
 )
 
 
+def _inputs_and_maps(
+    args: argparse.Namespace, loaded: Any, names: list[str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The model's inputs made from the images (a clip for a video model, one per --image for
+    a model taking several) and, but in chain mode, the hook-mode maps of one probe pass."""
+    import torch
+
+    from torch_featureviz.loading.images import load_image
+
+    model = loaded.model
+    resolve_channels(args, model)
+    frames = clip_frames(args, model, loaded.weights)
+    paths = list(args.image or [None])
+    check_image_count(args, model, len(args.image or []))
+    if len(paths) > 1 and args.mode != "hook":
+        raise UsageError(f"--mode {args.mode} takes one --image; use --mode hook for several.")
+    device = next(model.parameters()).device
+
+    def probe(channels: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        xs = []
+        for path in paths:
+            with user_input():
+                image = load_image(path, channels=channels)
+            with user_input("preprocessing the image failed: "):
+                xs.append(as_clip(loaded.transform(image).to(device), frames))
+        if args.mode == "chain":
+            return xs, {}
+        with forward(args):
+            inputs = xs[0] if len(xs) == 1 else tuple(xs)
+            return xs, torch_featureviz.capture_feature_maps(
+                model, inputs, names, max_channels=args.max_channels
+            )
+
+    return with_channel_retry(args, probe)
+
+
+def _write_inputs(xs: list[Any], out: Path | None, writer: Any) -> list[Path]:
+    """Each input as an image: its RGB channels (--input-channels N > 3 repeats them), or gray;
+    a clip's first frame."""
+    from torch_featureviz.render.figures import save_grid_figure
+    from torch_featureviz.render.grids import to_display_image
+
+    written = []
+    for k, xk in enumerate(xs):
+        shown = xk[:, :, 0] if xk.dim() == 5 else xk
+        shown = shown[:, :3] if shown.shape[1] >= 3 else shown[:, :1]
+        stem = "input" if k == 0 else f"input_{k + 1}"
+        if out is not None:
+            path = out / f"{stem}.png"
+            written.append(save_grid_figure(to_display_image(shown), path, title=stem))
+        if writer is not None:
+            writer.log_image(shown, 0, name="image" if k == 0 else f"image_{k + 1}")
+    return written
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from torch_featureviz.capture.chain import chain_feature_maps
     from torch_featureviz.capture.discovery import Extractor
-    from torch_featureviz.loading.images import load_image
     from torch_featureviz.render.figures import (
         map_similarities,
         save_comparison_figures,
         save_feature_figures,
-        save_grid_figure,
     )
-    from torch_featureviz.render.grids import to_display_image
 
     loaded = load(args)
     if loaded.weights is not None and args.input_size is not None:
@@ -63,18 +122,9 @@ def run(args: argparse.Namespace) -> int:
                 f"({', '.join(list(layers)[:3])}) are all down-sample convs; choose other --layers."
             )
     out, logdir = outputs(args)
-    with user_input():
-        image = load_image(args.image, channels=args.input_channels)
-    device = next(model.parameters()).device
-    with user_input("preprocessing the image failed: "):
-        x = loaded.transform(image).to(device)
-    hook: dict[str, torch.Tensor] = {}
+    xs, hook = _inputs_and_maps(args, loaded, names)
+    x = xs[0]
     chain: dict[str, torch.Tensor] = {}
-    if args.mode in ("hook", "both"):
-        with forward(args):
-            hook = torch_featureviz.capture_feature_maps(
-                model, x, names, max_channels=args.max_channels
-            )
     if args.mode in ("chain", "both"):
         with user_input("chain mode: "):
             full = chain_feature_maps(model, x, max_channels=args.max_channels)
@@ -82,14 +132,8 @@ def run(args: argparse.Namespace) -> int:
     similarity = map_similarities(chain, hook)
 
     written: list[Path] = []
-    # The input as an image: its RGB channels (--input-channels N > 3 repeats them), or gray.
-    shown = x[:, :3] if x.shape[1] >= 3 else x[:, :1]
     with writer_for(logdir) as writer, user_input():
-        if out is not None:
-            path = out / "input.png"
-            written.append(save_grid_figure(to_display_image(shown), path, title="input"))
-        if writer is not None:
-            writer.log_image(shown, 0, name="image")
+        written += _write_inputs(xs, out, writer)
         for mode, maps in (("hook", hook), ("chain", chain)):
             if maps:
                 with progress_bar(args, f"{mode} maps") as progress:
@@ -108,8 +152,10 @@ def run(args: argparse.Namespace) -> int:
                     progress=progress,
                 )
 
-    say(args, f"model: {loaded.description}; image: {args.image or 'built-in (Grace Hopper)'}")
-    say(args, f"input {tuple(x.shape)}; mode {args.mode}; {len(hook or chain)} layers")
+    shown_paths = ", ".join(args.image or ["built-in (Grace Hopper)"])
+    say(args, f"model: {loaded.description}; image: {shown_paths}")
+    shapes = " and ".join(str(tuple(xk.shape)) for xk in xs)
+    say(args, f"input {shapes}; mode {args.mode}; {len(hook or chain)} layers")
     if similarity:
         rows = [["layer", "chain", "hook", "cosine"]]
         rows += [
@@ -140,7 +186,10 @@ def register(sub: Any, parents: Parents) -> None:
         "--image",
         metavar="PATH",
         type=path_arg,
-        help="a PNG or JPEG (default: the built-in photo of Grace Hopper from matplotlib)",
+        action="append",
+        help="a PNG or JPEG (default: the built-in photo of Grace Hopper from matplotlib); "
+        "repeat it for a model whose forward takes several images (RAFT, siamese nets): "
+        "--image A --image B",
     )
     p.add_argument(
         "--mode", choices=("hook", "chain", "both"), default="hook", help="default: hook"
