@@ -35,7 +35,7 @@ MODULES: dict[str, list[set[str]]] = {
     "loading": [{"images"}, {"models"}, {"__init__"}],
     "capture": [{"compat", "pooling"}, {"discovery"}, {"chain", "hooks"}, {"__init__"}],
     "render": [{"png"}, {"grids"}, {"figures"}, {"__init__"}],
-    "log": [{"metadata"}, {"tensorboard"}, {"__init__"}],
+    "log": [{"metadata", "remote"}, {"tensorboard"}, {"__init__"}],
     "meaning": [{"__init__"}],
     "monitor": [
         {"sharding", "background", "schedule", "channels"},
