@@ -180,3 +180,71 @@ def test_cli_one_image_for_a_two_input_model_says_how(
         capsys,
     )
     assert code == 2 and "takes 1 input(s)" in err
+
+
+# -- case 5: a KeyboardInterrupt in the middle of a forward ---------------------------------------
+
+
+class Interruptible(nn.Module):
+    """``features`` then ``head`` (timm's forward_features + forward_head); ``features`` raises
+    a KeyboardInterrupt between its convs when armed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3)
+        self.c2 = nn.Conv2d(4, 4, 3)
+        self.armed = False
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(x)
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return self.c2(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x).mean((2, 3))
+
+
+def _interrupt(model: Interruptible) -> None:
+    model.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        model(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("how", ["root", "forward_features"])
+def test_after_an_interrupt_the_next_pass_is_captured(how: str) -> None:
+    from torch_featureviz import FeatureCapture
+
+    torch.manual_seed(0)
+    model = Interruptible()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        want = {"c1": model.c1(x)[0], "c2": model.c2(model.c1(x))[0]}
+    with FeatureCapture(model) as cap:
+        model(torch.randn(1, 3, 8, 8))
+        assert cap.passes == 1
+        _interrupt(model)
+        assert cap.passes == 1  # the half-finished pass is not published
+        with torch.no_grad():
+            model(x) if how == "root" else model.forward_features(x)
+        cap.end_pass()  # publishes the forward_features pass (the monitor does this at step())
+        assert cap.passes == 2
+        assert sorted(cap.maps) == ["c1", "c2"]
+        for name, expected in want.items():
+            assert torch.allclose(cap.maps[name], expected), name
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_weight_sharing_is_not_mistaken_for_an_interrupt() -> None:
+    from torch_featureviz import FeatureCapture
+
+    model = Siamese()
+    a, b = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        want_a, want_b = model.conv1(a)[0], model.conv1(b)[0]
+    with FeatureCapture(model) as cap, torch.no_grad():
+        model(a, b)
+        first, second = maps = dict(cap.maps)  # conv1's two calls, in call order
+    assert cap.passes == 1 and first == "conv1"
+    assert torch.allclose(maps[first], want_a) and torch.allclose(maps[second], want_b)

@@ -45,7 +45,7 @@ from torch_featureviz._validation import (
     match_model,
     unbatched_dims,
 )
-from torch_featureviz.capture.compat import in_backward, is_compiling
+from torch_featureviz.capture.compat import in_backward, is_compiling, left_by_interrupt
 from torch_featureviz.capture.discovery import ConvTypes, find_conv_layers, unwrap_model
 from torch_featureviz.capture.pooling import pool_factor, pool_map
 from torch_featureviz.naming import CallCounter
@@ -481,6 +481,8 @@ class FeatureCapture:
         if self._device is not None and getattr(output, "device", None) != self._device:
             return
         record = self._pending
+        if left_by_interrupt(self, record, name):  # Ctrl-C skipped the root's post hook
+            record = None
         if record is None:
             if self._in_root or not self._records():
                 return  # a forward that is not captured (validation under no_grad, ...)
