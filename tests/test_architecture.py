@@ -50,7 +50,7 @@ MODULES: dict[str, list[set[str]]] = {
         {"figures"},
         {"__init__"},
     ],
-    "log": [{"metadata"}, {"tensorboard"}, {"__init__"}],
+    "log": [{"metadata", "remote"}, {"tensorboard"}, {"__init__"}],
     "meaning": [{"__init__"}],
     "monitor": [
         {"sharding", "background", "schedule", "channels"},
@@ -66,6 +66,7 @@ MODULES: dict[str, list[set[str]]] = {
     "cli": [
         {"common"},
         {"loading"},
+        {"infer"},
         {"info", "filters", "maps", "demo", "bench", "timelapse"},
         {"app"},
         {"__init__"},

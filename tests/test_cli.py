@@ -400,8 +400,11 @@ def test_input_channels_builds_the_input_from_the_image(
 def test_forward_errors_say_what_failed_and_hint_only_at_the_cause(
     user_nets: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Channels: the model takes 1, the input has 3. The hint names --input-channels only.
-    code, out, err = run_main(["info", "--model-class", f"{user_nets}:gray"], capsys)
+    # Channels: the model takes 1, the input has 3 (given: left alone, the CLI infers 1). The
+    # hint names --input-channels only.
+    code, out, err = run_main(
+        ["info", "--model-class", f"{user_nets}:gray", "--input-channels", "3"], capsys
+    )
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "channels" in err and "try another --input-channels" in err
     assert "--input-size" not in err
@@ -649,7 +652,8 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list
         "filter channel": (["filters", "resnet18", "--layers", "conv1", "--filter-channel", "7",
                             "--out", str(d / "fc")],
                            r"error: channel=7 is out of range for 3 input channels"),
-        "forward: channels": (["info", "--model-class", f"{d / 'user_nets.py'}:gray"],
+        "forward: channels": (["info", "--model-class", f"{d / 'user_nets.py'}:gray",
+                               "--input-channels", "3"],
                               r"channels.*; the input has 3 channels: try another "
                               r"--input-channels\.$"),
         "forward: size": (["info", "alexnet", "--input-size", "8"],

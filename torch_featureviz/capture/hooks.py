@@ -42,7 +42,7 @@ from torch_featureviz._validation import (
     input_hint,
     match_model,
 )
-from torch_featureviz.capture.compat import is_compiling
+from torch_featureviz.capture.compat import is_compiling, left_by_interrupt
 from torch_featureviz.capture.discovery import ConvTypes, find_conv_layers, unwrap_model
 from torch_featureviz.capture.handles import InertOnCopy
 from torch_featureviz.capture.passes import PassObserver, PassRecord
@@ -300,6 +300,8 @@ class FeatureCapture:
             return
         tracker = self.tracker
         record = tracker.pending
+        if left_by_interrupt(self, record, name):  # Ctrl-C skipped the root's post hook
+            record = None
         if record is None:
             if tracker.in_root or not tracker.records():
                 return  # a forward that is not captured (validation under no_grad, ...)

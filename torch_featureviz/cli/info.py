@@ -7,11 +7,18 @@ from typing import Any
 
 import torch_featureviz
 from torch_featureviz.cli.common import EXIT_OK, table, wrap
+from torch_featureviz.cli.infer import (
+    as_clip,
+    clip_frames,
+    forward_inputs,
+    resolve_channels,
+    with_channel_retry,
+)
 from torch_featureviz.cli.loading import Parents, format_size, forward, load, select_layers
 
 
 def _output_sizes(
-    model: Any, args: argparse.Namespace, size: int | tuple[int, int], device: Any
+    model: Any, args: argparse.Namespace, size: int | tuple[int, int], frames: int | None
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """Each conv's output shape from one real forward pass of zeros (the model is unchanged)."""
     import torch
@@ -20,9 +27,15 @@ def _output_sizes(
     from torch_featureviz.naming import split_call_key
 
     h, w = (size, size) if isinstance(size, int) else size
-    x = torch.zeros(1, args.input_channels, h, w, device=device)
-    with forward(args):
-        maps = capture_feature_maps(model, x, max_channels=1)
+    device = next(model.parameters()).device
+    count = max(forward_inputs(model)[0], 1)
+
+    def probe(channels: int) -> dict[str, torch.Tensor]:
+        x = as_clip(torch.zeros(1, channels, h, w, device=device), frames)
+        with forward(args):
+            return capture_feature_maps(model, x if count == 1 else (x,) * count, max_channels=1)
+
+    maps = with_channel_retry(args, probe)
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     for key, m in maps.items():
@@ -38,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
     layers = select_layers(model, args)
     info = torch_featureviz.Extractor(model).info()
     size = loaded.input_size
-    shapes, calls = _output_sizes(model, args, size, next(model.parameters()).device)
-    size_label = f"{args.input_channels}x{format_size(size)}"
+    resolve_channels(args, model)
+    frames = clip_frames(args, model, loaded.weights)
+    shapes, calls = _output_sizes(model, args, size, frames)
+    clip = f"{frames}x" if frames is not None else ""
+    size_label = f"{args.input_channels}x{clip}{format_size(size)}"
     rows = [["layer", "in->out", "kernel", "stride", "groups", f"output @ {size_label}"]]
     for name, conv in layers.items():
         out = "not run"

@@ -75,17 +75,26 @@ def select_layers(model: Any, args: argparse.Namespace) -> dict[str, Any]:
         return find_conv_layers(model, include=patterns(args))
 
 
-def outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
-    """The figure directory and the TensorBoard directory, both checked writable up front."""
+def outputs(args: argparse.Namespace) -> tuple[Path | None, Any]:
+    """The figure directory and the TensorBoard directory (a path, or an fsspec URL kept as a
+    string), both checked writable up front."""
     from torch_featureviz._validation import check_writable_dir
+    from torch_featureviz.log.remote import is_url, remote_dir
 
     out = args.out
     if out is None and args.logdir is None:
         out = DEFAULT_OUT
-    dirs: list[Path | None] = []
+    dirs: list[Any] = []
     for value, flag in ((out, "--out"), (args.logdir, "--logdir")):
         if value is None:
             dirs.append(None)
+            continue
+        if flag == "--logdir" and is_url(value):
+            try:
+                remote_dir(value)  # fsspec and the URL's filesystem installed, directory made
+            except (ImportError, ValueError, OSError) as e:
+                raise UsageError(f"{flag}: {one_line(e)}") from e
+            dirs.append(value)
             continue
         path = Path(value)
         with user_input(f"{flag}: "):
@@ -135,13 +144,13 @@ def format_size(size: int | tuple[int, int]) -> str:
     return f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
-def writer_for(logdir: Path | None, **options: Any) -> Any:
+def writer_for(logdir: Path | str | None, **options: Any) -> Any:
     from torch_featureviz.log.tensorboard import TensorBoardWriter
 
     return TensorBoardWriter(logdir, **options) if logdir is not None else nullcontext()
 
 
-def say_written(args: argparse.Namespace, out: Path | None, logdir: Path | None, n: int) -> None:
+def say_written(args: argparse.Namespace, out: Path | None, logdir: Any, n: int) -> None:
     from torch_featureviz.log.tensorboard import tensorboard_command
 
     if out is not None:
@@ -196,10 +205,17 @@ def model_options() -> Parser:
     g.add_argument(
         "--input-channels",
         type=positive_int,
-        default=3,
         metavar="N",
-        help="channels of the input made from the image (default 3, RGB; 1: grayscale; other "
-        "N: the RGB channels repeated, channel i being colour i %% 3, or cut)",
+        help="channels of the input made from the image (default: 1 when the first conv takes "
+        "1, else 3, RGB; a forward that asks for another count is retried with it; other N: "
+        "the RGB channels repeated, channel i being colour i %% 3, or cut)",
+    )
+    g.add_argument(
+        "--frames",
+        type=positive_int,
+        metavar="T",
+        help="video models (a Conv3d first): the clip's length, the image repeated, laid out "
+        "(N, C, T, H, W) (default: the weights' clip length, else 8)",
     )
     g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
@@ -222,7 +238,13 @@ def output_options() -> Parser:
         type=path_arg,
         help=f"write PNG figures here (default: ./{DEFAULT_OUT} unless --logdir is given)",
     )
-    g.add_argument("--logdir", metavar="DIR", type=path_arg, help="write TensorBoard logs here")
+    g.add_argument(
+        "--logdir",
+        metavar="DIR",
+        type=path_arg,
+        help="write TensorBoard logs here: a directory or an fsspec URL (s3://bucket/runs; "
+        "needs pip install torch-featureviz[remote] and the URL's filesystem, e.g. s3fs)",
+    )
     return p
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch_featureviz
 from torch_featureviz.cli.common import (
@@ -20,6 +20,13 @@ from torch_featureviz.cli.common import (
     warn,
     wrap,
 )
+from torch_featureviz.cli.infer import (
+    as_clip,
+    check_image_count,
+    clip_frames,
+    resolve_channels,
+    with_channel_retry,
+)
 from torch_featureviz.cli.loading import (
     Parents,
     forward,
@@ -30,14 +37,80 @@ from torch_featureviz.cli.loading import (
     writer_for,
 )
 
-if TYPE_CHECKING:
+
+def _inputs_and_maps(
+    args: argparse.Namespace, loaded: Any, names: list[str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The model's inputs made from the images (a clip for a video model, one per --image for
+    a model taking several) and, but in chain mode, the hook-mode maps of one probe pass."""
     import torch
 
+    from torch_featureviz.loading.images import load_image
 
-def _layer_names(model: Any, args: argparse.Namespace) -> list[str]:
-    """The selected layers, only those chain mode visits with ``--mode chain``."""
+    model = loaded.model
+    resolve_channels(args, model)
+    frames = clip_frames(args, model, loaded.weights)
+    paths = list(args.image or [None])
+    check_image_count(args, model, len(args.image or []))
+    if len(paths) > 1 and args.mode != "hook":
+        raise UsageError(f"--mode {args.mode} takes one --image; use --mode hook for several.")
+    device = next(model.parameters()).device
+
+    def probe(channels: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        xs = []
+        for path in paths:
+            with user_input():
+                image = load_image(path, channels=channels)
+            with user_input("preprocessing the image failed: "):
+                xs.append(as_clip(loaded.transform(image).to(device), frames))
+        if args.mode == "chain":
+            return xs, {}
+        with forward(args):
+            inputs = xs[0] if len(xs) == 1 else tuple(xs)
+            return xs, torch_featureviz.capture_feature_maps(
+                model, inputs, names, max_channels=args.max_channels
+            )
+
+    return with_channel_retry(args, probe)
+
+
+def _write_inputs(xs: list[Any], out: Path | None, writer: Any) -> list[Path]:
+    """Each input as an image: its RGB channels (--input-channels N > 3 repeats them), or gray;
+    a clip's first frame."""
+    from torch_featureviz.render.figures import save_grid_figure
+    from torch_featureviz.render.grids import to_display_image
+
+    written = []
+    for k, xk in enumerate(xs):
+        shown = xk[:, :, 0] if xk.dim() == 5 else xk
+        shown = shown[:, :3] if shown.shape[1] >= 3 else shown[:, :1]
+        stem = "input" if k == 0 else f"input_{k + 1}"
+        if out is not None:
+            path = out / f"{stem}.png"
+            written.append(save_grid_figure(to_display_image(shown), path, title=stem))
+        if writer is not None:
+            writer.log_image(shown, 0, name="image" if k == 0 else f"image_{k + 1}")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from torch_featureviz.capture.chain import chain_feature_maps
     from torch_featureviz.capture.discovery import Extractor
+    from torch_featureviz.render.figures import (
+        map_similarities,
+        save_comparison_figures,
+        save_feature_figures,
+    )
 
+    loaded = load(args)
+    if loaded.weights is not None and args.input_size is not None:
+        warn(
+            args,
+            f"--input-size is ignored with --weights: {loaded.weights} brings its own transforms.",
+        )
+    model = loaded.model
     layers = select_layers(model, args)
     names = list(layers)
     if args.mode in ("chain", "both"):
@@ -48,61 +121,24 @@ def _layer_names(model: Any, args: argparse.Namespace) -> list[str]:
                 f"--mode {args.mode}: chain mode skips down-sample convs and the selected layers "
                 f"({', '.join(list(layers)[:3])}) are all down-sample convs; choose other --layers."
             )
-    return names
-
-
-def _capture(
-    args: argparse.Namespace, model: Any, x: torch.Tensor, names: list[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The hook-mode and chain-mode maps ``--mode`` asks for (empty for a mode not asked)."""
-    from torch_featureviz.capture.chain import chain_feature_maps
-
-    hook: dict[str, torch.Tensor] = {}
+    out, logdir = outputs(args)
+    xs, hook = _inputs_and_maps(args, loaded, names)
+    x = xs[0]
     chain: dict[str, torch.Tensor] = {}
-    if args.mode in ("hook", "both"):
-        with forward(args):
-            hook = torch_featureviz.capture_feature_maps(
-                model, x, names, max_channels=args.max_channels
-            )
     if args.mode in ("chain", "both"):
         with user_input("chain mode: "):
             full = chain_feature_maps(model, x, max_channels=args.max_channels)
         chain = {n: full[n] for n in names if n in full}
-    return hook, chain
+    similarity = map_similarities(chain, hook)
 
-
-def _save(
-    args: argparse.Namespace,
-    x: torch.Tensor,
-    maps: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
-    similarity: dict[str, float],
-    out: Path | None,
-    logdir: Path | None,
-) -> list[Path]:
-    """Write the input, each mode's maps and the comparison as figures and/or logs."""
-    from torch_featureviz.render.figures import (
-        save_comparison_figures,
-        save_feature_figures,
-        save_grid_figure,
-    )
-    from torch_featureviz.render.grids import to_display_image
-
-    hook, chain = maps
     written: list[Path] = []
-    # The input as an image: its RGB channels (--input-channels N > 3 repeats them), or gray.
-    shown = x[:, :3] if x.shape[1] >= 3 else x[:, :1]
     with writer_for(logdir) as writer, user_input():
-        if out is not None:
-            path = out / "input.png"
-            written.append(save_grid_figure(to_display_image(shown), path, title="input"))
-        if writer is not None:
-            writer.log_image(shown, 0, name="image")
-        for mode, mode_maps in (("hook", hook), ("chain", chain)):
-            if mode_maps:
+        written += _write_inputs(xs, out, writer)
+        for mode, maps in (("hook", hook), ("chain", chain)):
+            if maps:
                 with progress_bar(args, f"{mode} maps") as progress:
                     written += save_feature_figures(
-                        mode_maps, out, mode=mode, cmap=args.cmap, writer=writer,
-                        progress=progress,
+                        maps, out, mode=mode, cmap=args.cmap, writer=writer, progress=progress
                     )
         if similarity:
             with progress_bar(args, "chain vs hook") as progress:
@@ -115,33 +151,11 @@ def _save(
                     writer=writer,
                     progress=progress,
                 )
-    return written
 
-
-def run(args: argparse.Namespace) -> int:
-    from torch_featureviz.loading.images import load_image
-    from torch_featureviz.render.figures import map_similarities
-
-    loaded = load(args)
-    if loaded.weights is not None and args.input_size is not None:
-        warn(
-            args,
-            f"--input-size is ignored with --weights: {loaded.weights} brings its own transforms.",
-        )
-    model = loaded.model
-    names = _layer_names(model, args)
-    out, logdir = outputs(args)
-    with user_input():
-        image = load_image(args.image, channels=args.input_channels)
-    device = next(model.parameters()).device
-    with user_input("preprocessing the image failed: "):
-        x = loaded.transform(image).to(device)
-    hook, chain = _capture(args, model, x, names)
-    similarity = map_similarities(chain, hook)
-    written = _save(args, x, (hook, chain), similarity, out, logdir)
-
-    say(args, f"model: {loaded.description}; image: {args.image or 'built-in (Grace Hopper)'}")
-    say(args, f"input {tuple(x.shape)}; mode {args.mode}; {len(hook or chain)} layers")
+    shown_paths = ", ".join(args.image or ["built-in (Grace Hopper)"])
+    say(args, f"model: {loaded.description}; image: {shown_paths}")
+    shapes = " and ".join(str(tuple(xk.shape)) for xk in xs)
+    say(args, f"input {shapes}; mode {args.mode}; {len(hook or chain)} layers")
     if similarity:
         rows = [["layer", "chain", "hook", "cosine"]]
         rows += [
@@ -172,7 +186,10 @@ def register(sub: Any, parents: Parents) -> None:
         "--image",
         metavar="PATH",
         type=path_arg,
-        help="a PNG or JPEG (default: the built-in photo of Grace Hopper from matplotlib)",
+        action="append",
+        help="a PNG or JPEG (default: the built-in photo of Grace Hopper from matplotlib); "
+        "repeat it for a model whose forward takes several images (RAFT, siamese nets): "
+        "--image A --image B",
     )
     p.add_argument(
         "--mode", choices=("hook", "chain", "both"), default="hook", help="default: hook"

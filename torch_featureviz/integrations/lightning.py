@@ -127,8 +127,10 @@ class FeatureMonitorCallback(Callback):
         return Path(trainer.default_root_dir) / "featureviz"
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.monitor is not None:
-            return
+        # Every fit attaches afresh: a re-fit (often resumed from an earlier checkpoint, so its
+        # steps repeat the last fit's) must not inherit the last fit's steps or monitor.
+        self._close()
+        self._batch_step = self._last_logged = None
         # FSDPStrategy wraps the module (FSDP(pl_module)); that wrapper is what runs a forward.
         trained = trainer.strategy.model
         if not isinstance(trained, nn.Module) or sharding_of(trained) is None:

@@ -36,6 +36,7 @@ from torch_featureviz._validation import (
     check_writable_dir,
 )
 from torch_featureviz.capture.discovery import conv_weights
+from torch_featureviz.log.remote import is_url, remote_dir
 from torch_featureviz.naming import channels_text, layer_tag, make_tag, unique_tags
 from torch_featureviz.render.grids import (
     FilterChannel,
@@ -86,7 +87,9 @@ class _EventFile:
     is the file-version event.
     """
 
-    def __init__(self, log_dir: Path, opener: Callable[[str], Any] = _append_binary) -> None:
+    def __init__(
+        self, log_dir: Path | str, opener: Callable[[str], Any] = _append_binary, *, local=True
+    ) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
 
         self._event_type = Event
@@ -94,10 +97,11 @@ class _EventFile:
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
             f"{os.getpid()}.{next(_FILE_NUMBERS)}"
         )
-        self.path = log_dir / name
+        # Not local: a path on an fsspec filesystem, written through ``opener``.
+        self.path: Path | str = Path(log_dir) / name if local else f"{log_dir}/{name}"
         self._lock = threading.Lock()
         self._file = opener(str(self.path))
-        self._inode: int | None = os.stat(self.path).st_ino
+        self._inode: int | None = os.stat(self.path).st_ino if local else None
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _write(self, event: Any) -> None:
@@ -194,8 +198,9 @@ class TensorBoardWriter:
     writer; it then flushes but does not close it.
 
     Args:
-        log_dir: a directory (created if needed), or an existing
-            ``torch.utils.tensorboard.SummaryWriter``.
+        log_dir: a directory (created if needed), an fsspec URL such as ``s3://bucket/runs``
+            (written through fsspec: ``pip install torch-featureviz[remote]`` and the URL's
+            filesystem, e.g. s3fs), or an existing ``torch.utils.tensorboard.SummaryWriter``.
         png_level: zlib level of the PNGs, 0 (fastest) to 9 (smallest).
         filter_channel: how deep filters become tiles (see
             :func:`~torch_featureviz.make_filter_grid`).
@@ -253,7 +258,13 @@ class TensorBoardWriter:
         #: The user's ``SummaryWriter`` when one was given, else ``None``.
         self.writer: Any = None
         self._events: Any
-        if isinstance(log_dir, (str, os.PathLike)):
+        if is_url(log_dir):
+            # An fsspec URL: one file per writer, kept open ("wb": object stores cannot append).
+            fs, remote = remote_dir(log_dir)
+            self._log_dir = log_dir.rstrip("/")
+            open_remote = opener or (lambda p: fs.open(p, "wb"))
+            self._events = _EventFile(remote, open_remote, local=False)
+        elif isinstance(log_dir, (str, os.PathLike)):
             path = Path(log_dir)
             if not os.fspath(log_dir):
                 raise ValueError("log_dir must not be empty; pass a directory such as 'runs/exp1'.")
