@@ -36,7 +36,7 @@ MODULES: dict[str, list[set[str]]] = {
     "capture": [{"compat", "pooling"}, {"discovery"}, {"chain", "hooks"}, {"__init__"}],
     "render": [{"png"}, {"grids"}, {"figures"}, {"__init__"}],
     "log": [{"metadata"}, {"tensorboard"}, {"__init__"}],
-    "meaning": [{"examples"}, {"__init__"}],
+    "meaning": [{"examples", "receptive"}, {"collect"}, {"figure"}, {"__init__"}],
     "monitor": [
         {"sharding", "background", "schedule", "channels"},
         {"budget", "statistics", "config"},
