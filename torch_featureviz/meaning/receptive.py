@@ -21,18 +21,13 @@ from torch_featureviz.capture import find_conv_layers, unwrap_model
 
 __all__ = ["ReceptiveField", "receptive_fields"]
 
-#: The probe input grows by this many pixels per try while a field is clipped: a multiple of
-#: every power-of-two stride, so "same" padding (timm's Conv2dSame) stays as at the real size.
-_GROW = 256
-#: Tries beyond the real size before a field is called unbounded (global pooling, attention).
-_TRIES = 4
-#: Probe samples * pixels per forward (memory of one float64 probe forward with gradients).
-_PIXEL_BUDGET = 2**19
+#: Probe sizes step by this many pixels: a multiple of every power-of-two stride up to 64, so
+#: padding that depends on the size ("same" padding, timm's Conv2dSame) is as at the real size.
+_STEP = 64
+#: Probe samples * pixels per forward (memory of one probe forward with gradients).
+_PIXEL_BUDGET = 2**20
 
 _Box = tuple[int, int, int, int]
-#: What one probe finds for a layer: the boxes of two diagonal neighbours, the first one's map
-#: location, and whether both are clear of the border (unclipped).
-_Found = tuple[_Box, _Box, tuple[int, int], bool]
 
 
 @dataclass(frozen=True)
@@ -107,15 +102,20 @@ class _DensePool(nn.Module):
 
 
 def _probe_copy(root: nn.Module) -> nn.Module:
-    """A float64 CPU copy of ``root`` whose weights are positive and whose max pooling is
+    """A float32 CPU copy of ``root`` whose weights are positive and whose max pooling is
     dense, in eval mode: with a positive input every activation is positive, so no path to the
     input can cancel and the gradient is non-zero exactly on the field."""
-    probe = copy.deepcopy(root).to("cpu", torch.float64).eval()  # the package's hooks go inert
+    probe = copy.deepcopy(root).to("cpu", torch.float32).eval()  # the package's hooks go inert
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in probe.parameters():
-            r = torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5
-            p.copy_(r / p[0].numel() if p.dim() >= 2 else r)
+            r = torch.rand(p.shape, generator=g) + 0.5
+            if p.dim() >= 2:
+                # Gain sqrt(k*k) per layer at the centre and 1/sqrt(k*k) at the edge of the
+                # window: values and gradients stay within float32 over a hundred layers.
+                spatial = p[0, 0].numel() if p.dim() > 2 else 1
+                r = r / (p[0].numel() / spatial**0.5)
+            p.copy_(r)
         for m in probe.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
                 m.reset_running_stats()  # mean 0, variance 1: a positive affine map
@@ -140,62 +140,96 @@ def _extent(mask: torch.Tensor) -> tuple[int, int]:
     return (int(hits[0]), int(hits[-1]) + 1)
 
 
-def _probe(
-    probe: nn.Module, modules: dict[str, nn.Module], channels: int, size: tuple[int, int]
-) -> dict[str, _Found | None]:
-    """Gradient-probe ``modules`` at input ``size``: for each, the fields of two diagonal
-    neighbour units near the map centre, and whether both lie clear of the border."""
-    names = list(modules)
-    h, w = size
-    x = (torch.rand(2 * len(names), channels, h, w, generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64) + 0.5).requires_grad_(True)
+def _run(
+    probe: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Forward ``x`` through ``probe``, returning the first output of each of ``modules``."""
     outs: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if name not in outs and isinstance(output, torch.Tensor):
+            if name not in outs and isinstance(output, torch.Tensor) and output.dim() == 4:
                 outs[name] = output
         return hook
 
     handles = [m.register_forward_hook(keep(n)) for n, m in modules.items()]
     try:
-        with torch.enable_grad():
-            probe(x)
+        probe(x)
     finally:
         for handle in handles:
             handle.remove()
-    total = x.new_zeros(())
-    units: dict[str, tuple[int, int, int, int]] = {}
-    for i, name in enumerate(names):
-        out = outs.get(name)
-        if out is None or out.dim() != 4:
-            continue
-        mh, mw = out.shape[-2:]
-        y0, x0 = max((mh - 2) // 2, 0), max((mw - 2) // 2, 0)
-        units[name] = (mh, mw, y0, x0)
-        total = total + out[2 * i, :, y0, x0].sum()
-        if mh > 1 and mw > 1:
-            total = total + out[2 * i + 1, :, y0 + 1, x0 + 1].sum()
-    if total.requires_grad:
-        total.backward()
+    return outs
+
+
+def _corners(
+    probe: nn.Module, modules: dict[str, nn.Module], channels: int, size: tuple[int, int]
+) -> dict[str, tuple[tuple[int, int], _Box, _Box]]:
+    """For each of ``modules`` at input ``size``: its map size, and the input boxes of its
+    first unit ``(0, 0)`` (sample 2i) and last unit ``(h-1, w-1)`` (sample 2i + 1)."""
+    names = list(modules)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(2 * len(names), channels, *size, generator=g) + 0.5).requires_grad_(True)
+    with torch.enable_grad():
+        outs = _run(probe, modules, x)
+        total = x.new_zeros(())
+        for i, name in enumerate(names):
+            if name in outs:
+                out = outs[name]
+                total = total + out[2 * i, :, 0, 0].sum() + out[2 * i + 1, :, -1, -1].sum()
+        if total.requires_grad:
+            total.backward()
     grad = x.grad if x.grad is not None else torch.zeros_like(x)
-    found: dict[str, _Found | None] = {}
+    found = {}
     for i, name in enumerate(names):
-        if name not in units:
-            found[name] = None
+        if name not in outs:
             continue
         boxes = []
-        for s in (2 * i, 2 * i + 1):
-            g = grad[s].abs().sum(0) > 0
-            top, bottom = _extent(g.any(1))
-            left, right = _extent(g.any(0))
+        for sample in (2 * i, 2 * i + 1):
+            hit = grad[sample].abs().sum(0) > 0
+            top, bottom = _extent(hit.any(1))
+            left, right = _extent(hit.any(0))
             boxes.append((top, left, bottom, right))
-        mh, mw, y0, x0 = units[name]
-        clear = mh > 1 and mw > 1 and all(
-            b[0] > 0 and b[1] > 0 and b[2] < h and b[3] < w for b in boxes
-        )
-        found[name] = (boxes[0], boxes[1], (y0, x0), clear)
+        found[name] = ((outs[name].shape[2], outs[name].shape[3]), boxes[0], boxes[1])
     return found
+
+
+def _map_sizes(
+    probe: nn.Module, modules: dict[str, nn.Module], channels: int, size: tuple[int, int]
+) -> dict[str, tuple[int, int]]:
+    """The map size of each of ``modules`` at input ``size`` ({} if the model refuses it)."""
+    try:
+        with torch.no_grad():
+            outs = _run(probe, modules, torch.ones(1, channels, *size))
+    except Exception:  # noqa: BLE001 - a model with a fixed input size
+        return {}
+    return {n: (o.shape[2], o.shape[3]) for n, o in outs.items()}
+
+
+def _resolve(
+    found: tuple[tuple[int, int], _Box, _Box],
+    bigger: tuple[int, int] | None,
+    size: tuple[int, int],
+    input_size: tuple[int, int],
+) -> ReceptiveField | None:
+    """The field from the corner units' boxes at ``size`` and the map size one step bigger, or
+    None when the boxes are clipped where they must not be."""
+    (mh, mw), first, last = found
+    if mh < 2 or mw < 2:
+        return None
+    if not (first[2] < size[0] and first[3] < size[1] and last[0] > 0 and last[1] > 0):
+        return None  # the first unit's far side or the last unit's near side is clipped
+    stride = []
+    for axis, n in enumerate((mh, mw)):
+        grown = None if bigger is None else bigger[axis] - n
+        if grown is not None and grown > 0 and _STEP % grown == 0:
+            stride.append(_STEP // grown)
+        elif grown is None:
+            stride.append(max(1, round(size[axis] / n)))  # no bigger size: the map's ratio
+        else:
+            return None  # the map does not grow with the input (global pooling upstream)
+    offset = (last[0] - (mh - 1) * stride[0], last[1] - (mw - 1) * stride[1])
+    extent = (first[2] - offset[0], first[3] - offset[1])
+    return ReceptiveField(extent, (stride[0], stride[1]), offset, input_size)
 
 
 def receptive_fields(
@@ -205,12 +239,14 @@ def receptive_fields(
 ) -> dict[str, ReceptiveField]:
     """Measure the receptive field of every selected 2-d conv, by gradient probe.
 
-    The probe runs on a private float64 copy of the model (so ``model`` is untouched) with
+    The probe runs on a private float32 copy of the model (so ``model`` is untouched) with
     positive weights, BatchNorm as a positive affine map, eval mode and max pooling replaced
     by its window's mean: the gradient of one output unit is then non-zero on exactly the input
     pixels it depends on, whatever the graph (residuals, concatenated branches, dilation,
-    pooling, "same" padding). Two diagonal neighbour units give the stride; their position
-    gives the offset. A field that the input clips is measured again on a larger input.
+    pooling, "same" padding). The first unit's far edge and the last unit's near edge give size
+    and offset; the map's growth between two input sizes gives the stride. Probes start small
+    (the same size modulo 64 as the input) and grow, so shallow layers cost little; a field that
+    is still clipped at twice the input is whole-image for every box (``unbounded``).
 
     Args:
         model: the CNN; DataParallel/DDP/compile wrappers are looked through.
@@ -222,7 +258,7 @@ def receptive_fields(
 
     Raises:
         TypeError, ValueError: bad arguments, or a selected layer that is not a 2-d conv.
-        RuntimeError: the model's forward failed on a probe input.
+        RuntimeError: the model's forward failed on a probe input of the real size.
 
     Example::
 
@@ -240,43 +276,37 @@ def receptive_fields(
     modules = {name: probe.get_submodule(name) for name in convs}
     todo = list(modules)
     fields: dict[str, ReceptiveField] = {}
-    for attempt in range(_TRIES + 1):
-        size = (h + attempt * _GROW, w + attempt * _GROW)
+    # Sizes congruent to the input's modulo _STEP, from small up to twice the input.
+    back = max(0, (min(h, w) - 16) // _STEP)
+    size = (h - back * _STEP, w - back * _STEP)
+    while todo and size[0] <= 2 * h + _STEP and size[1] <= 2 * w + _STEP:
+        grown = (size[0] + _STEP, size[1] + _STEP)
+        bigger = _map_sizes(probe, {n: modules[n] for n in todo}, c, grown)
         chunk = max(1, _PIXEL_BUDGET // (2 * size[0] * size[1]))
         still: list[str] = []
-        for start in range(0, len(todo), chunk):
-            part = {n: modules[n] for n in todo[start:start + chunk]}
+        for i in range(0, len(todo), chunk):
+            part = {n: modules[n] for n in todo[i:i + chunk]}
             try:
-                found = _probe(probe, part, c, size)
+                found = _corners(probe, part, c, size)
             except Exception as e:
+                if size[0] < h or size[1] < w:  # too small for this model: try larger
+                    still.extend(part)
+                    continue
                 raise RuntimeError(
                     f"the probe forward of {type(root).__name__} failed on an input of shape "
                     f"(N, {c}, {size[0]}, {size[1]}): {e}"
                 ) from e
-            for name, result in found.items():
-                if result is not None and result[3]:
-                    fields[name] = _field(result[0], result[1], result[2], (h, w))
-                else:
+            for name in part:
+                rf = None if name not in found else _resolve(
+                    found[name], bigger.get(name), size, (h, w))
+                if rf is None:
                     still.append(name)
+                else:
+                    fields[name] = rf
         todo = still
-        if not todo:
-            break
-    for name in todo:  # still clipped at the largest probe: the whole input, always
-        fields[name] = ReceptiveField((h, w), (1, 1), (0, 0), (h, w), unbounded=True)
-    return {name: fields[name] for name in convs}
-
-
-def _field(
-    a: tuple[int, int, int, int],
-    b: tuple[int, int, int, int],
-    unit: tuple[int, int],
-    input_size: tuple[int, int],
-) -> ReceptiveField:
-    """The field from the boxes of units ``unit`` (``a``) and ``unit + (1, 1)`` (``b``)."""
-    stride = (b[0] - a[0], b[1] - a[1])
-    extent = (a[2] - a[0], a[3] - a[1])
-    offset = (a[0] - unit[0] * stride[0], a[1] - unit[1] * stride[1])
-    return ReceptiveField(extent, stride, offset, input_size)
+        size = (size[0] + _STEP, size[1] + _STEP)
+    unbounded = ReceptiveField((h, w), (1, 1), (0, 0), (h, w), unbounded=True)
+    return {name: fields.get(name, unbounded) for name in convs}
 
 
 def _check_input_size(input_size: Any) -> tuple[int, int, int]:
