@@ -109,6 +109,8 @@ def _batch_input(batch: Any, number: int) -> torch.Tensor:
             f"data must yield image tensors (N, C, H, W) or (input, target, ...) tuples; batch "
             f"{number} is a {type(batch).__name__}."
         )
+    if batch.dim() == 4 and batch.shape[0] == 0:
+        return batch  # an empty batch (the end of a stream): nothing to rank
     return check_image_batch(batch, in_channels=None, name=f"data batch {number}")
 
 

@@ -37,9 +37,8 @@ class Example:
         index: position of the input in the stream (0-based over every sample seen).
         step: the training step it was seen at (``None`` offline).
         location: ``(y, x)`` of the peak in the layer's map.
-        box: ``(top, left, bottom, right)`` of the unit's receptive field in the crop's own
-            pixels when :attr:`whole` is False (the box of the crop in the input), or in the
-            whole image when :attr:`whole` is True; bottom and right exclusive, clipped.
+        box: ``(top, left, bottom, right)`` of the unit's receptive field in input pixels,
+            bottom and right exclusive, clipped to the input.
         crop: ``(C, h, w)`` float32 input pixels as the model saw them: the patch inside
             ``box``, or the whole input when the field covers more than about half of it.
         whole: True when ``crop`` is the whole input and ``box`` marks the region in it.
