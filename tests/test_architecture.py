@@ -34,7 +34,7 @@ PACKAGES: list[set[str]] = [
 MODULES: dict[str, list[set[str]]] = {
     "loading": [{"images"}, {"models"}, {"__init__"}],
     "capture": [{"compat", "pooling"}, {"discovery"}, {"chain", "hooks"}, {"__init__"}],
-    "render": [{"png"}, {"grids"}, {"figures"}, {"__init__"}],
+    "render": [{"png"}, {"grids"}, {"figures", "overlay"}, {"__init__"}],
     "log": [{"metadata"}, {"tensorboard"}, {"__init__"}],
     "meaning": [{"examples", "receptive"}, {"collect"}, {"figure"}, {"__init__"}],
     "monitor": [

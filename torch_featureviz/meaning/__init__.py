@@ -3,6 +3,7 @@ channel most)."""
 
 from torch_featureviz.meaning.collect import ChannelPeaks, collect_examples, crop_example
 from torch_featureviz.meaning.examples import Example, Examples, TopK, TopKEntry
+from torch_featureviz.meaning.figure import save_examples_figure
 from torch_featureviz.meaning.receptive import ReceptiveField, receptive_fields
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "collect_examples",
     "crop_example",
     "receptive_fields",
+    "save_examples_figure",
 ]
