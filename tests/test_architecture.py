@@ -49,7 +49,7 @@ MODULES: dict[str, list[set[str]]] = {
     "cli": [
         {"common"},
         {"loading"},
-        {"info", "filters", "maps", "demo", "bench", "timelapse"},
+        {"info", "filters", "maps", "examples", "demo", "bench", "timelapse"},
         {"app"},
         {"__init__"},
         {"__main__"},

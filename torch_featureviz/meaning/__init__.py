@@ -3,7 +3,7 @@ channel most)."""
 
 from torch_featureviz.meaning.collect import ChannelPeaks, collect_examples, crop_example
 from torch_featureviz.meaning.examples import Example, Examples, TopK, TopKEntry
-from torch_featureviz.meaning.figure import save_examples_figure
+from torch_featureviz.meaning.figure import examples_figure_image, save_examples_figure
 from torch_featureviz.meaning.receptive import ReceptiveField, receptive_fields
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "TopKEntry",
     "collect_examples",
     "crop_example",
+    "examples_figure_image",
     "receptive_fields",
     "save_examples_figure",
 ]
