@@ -32,9 +32,17 @@ PACKAGES: list[set[str]] = [
 
 #: Inside each subpackage, lowest first. ``__init__`` only re-exports, so it sits on top.
 MODULES: dict[str, list[set[str]]] = {
-    "loading": [{"images"}, {"models"}, {"__init__"}],
+    "loading": [{"images", "errors"}, {"sources", "checkpoints"}, {"models"}, {"__init__"}],
     "capture": [{"compat", "pooling"}, {"discovery"}, {"chain", "hooks"}, {"__init__"}],
-    "render": [{"png"}, {"grids"}, {"figures", "overlay"}, {"__init__"}],
+    "render": [
+        {"png", "tiles"},
+        {"filters"},
+        {"grids"},
+        {"canvas", "overlay"},
+        {"comparison"},
+        {"figures"},
+        {"__init__"},
+    ],
     "log": [{"metadata"}, {"tensorboard"}, {"__init__"}],
     "meaning": [{"examples", "receptive"}, {"collect"}, {"figure"}, {"__init__"}],
     "monitor": [

@@ -137,7 +137,7 @@ def test_refusal_says_why(kind, tmp_path):
 
     Fails today for payloads built on ``os.system``: torch (2.6+) words a blocked module as
     "Trying to load unsupported GLOBAL posix.system whose module posix is blocked", which
-    models._read_checkpoint's regex ``Unsupported global: GLOBAL ([\\w.]+)`` does not match, so
+    checkpoints.read_checkpoint's regex ``Unsupported global: GLOBAL ([\\w.]+)`` does not match, so
     the user is told the file "is not a file written by torch.save (or it is corrupt)".
     """
     path, _ = evil_checkpoint(kind, tmp_path)

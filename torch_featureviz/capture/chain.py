@@ -51,6 +51,14 @@ def chain_feature_maps(
             map became smaller than a kernel. The message names the layer and suggests hook mode.
 
     The pass runs under ``torch.no_grad()`` and only calls the convs, so the model is unchanged.
+
+    Example::
+
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 3))
+        >>> maps = chain_feature_maps(model, torch.rand(3, 9, 9))
+        >>> {name: tuple(m.shape) for name, m in maps.items()}
+        {'0': (4, 7, 7), '1': (2, 5, 5)}
     """
     max_channels = check_positive_int(max_channels, "max_channels", allow_none=True)
     sample = check_non_negative_int(sample, "sample")

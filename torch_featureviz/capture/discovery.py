@@ -31,6 +31,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     Names are then the ones the user wrote (``layer1.0.conv1``, not ``module.layer1.0.conv1``).
     Hooks registered on the unwrapped modules fire through the wrapper, because the wrapper calls
     these very modules (DataParallel replicas share their hook dicts).
+
+    Example::
+
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3))
+        >>> unwrap_model(nn.DataParallel(model)) is model
+        True
     """
     seen = 0
     while seen < 8:  # wrappers can nest (a compiled DDP model); 8 is far more than any real stack
@@ -259,7 +266,14 @@ def find_linear_layers(
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
 ) -> dict[str, nn.Linear]:
-    """Like :func:`find_conv_layers`, for ``nn.Linear``; raises ``ValueError`` if there is none."""
+    """Like :func:`find_conv_layers`, for ``nn.Linear``; raises ``ValueError`` if there is none.
+
+    Example::
+
+        >>> from torch import nn
+        >>> list(find_linear_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.Linear(2, 1))))
+        ['1', '2']
+    """
     return _find(model, (nn.Linear,), include, exclude, "linear layer")  # type: ignore[return-value]
 
 

@@ -39,7 +39,14 @@ COMMANDS: list[Callable[[Any, Parents], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``featureviz`` argument parser (``demo`` and ``bench`` parse their own arguments)."""
+    """The ``featureviz`` argument parser (``demo`` and ``bench`` parse their own arguments).
+
+    Example::
+
+        >>> args = build_parser().parse_args(["info", "resnet18", "--layers", "layer1.*"])
+        >>> args.func.__module__, args.layers
+        ('torch_featureviz.cli.info', ['layer1.*'])
+    """
     parser = Parser(
         prog="featureviz",
         description="See what a CNN's conv layers learned (filters) and compute (feature maps).",
@@ -71,7 +78,13 @@ def _format_warning(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``featureviz`` command and return its exit code (see :mod:`torch_featureviz.cli`)."""
+    """Run the ``featureviz`` command and return its exit code (see :mod:`torch_featureviz.cli`).
+
+    Example::
+
+        >>> main(["info", "no_such_model"])  # a one-line error on stderr, exit code 2
+        2
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     passthrough = getattr(args, "passthrough", False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch_featureviz
 from torch_featureviz.cli.common import (
@@ -30,28 +30,14 @@ from torch_featureviz.cli.loading import (
     writer_for,
 )
 
-
-def run(args: argparse.Namespace) -> int:
+if TYPE_CHECKING:
     import torch
 
-    from torch_featureviz.capture.chain import chain_feature_maps
-    from torch_featureviz.capture.discovery import Extractor
-    from torch_featureviz.loading.images import load_image
-    from torch_featureviz.render.figures import (
-        map_similarities,
-        save_comparison_figures,
-        save_feature_figures,
-        save_grid_figure,
-    )
-    from torch_featureviz.render.grids import to_display_image
 
-    loaded = load(args)
-    if loaded.weights is not None and args.input_size is not None:
-        warn(
-            args,
-            f"--input-size is ignored with --weights: {loaded.weights} brings its own transforms.",
-        )
-    model = loaded.model
+def _layer_names(model: Any, args: argparse.Namespace) -> list[str]:
+    """The selected layers, only those chain mode visits with ``--mode chain``."""
+    from torch_featureviz.capture.discovery import Extractor
+
     layers = select_layers(model, args)
     names = list(layers)
     if args.mode in ("chain", "both"):
@@ -62,12 +48,15 @@ def run(args: argparse.Namespace) -> int:
                 f"--mode {args.mode}: chain mode skips down-sample convs and the selected layers "
                 f"({', '.join(list(layers)[:3])}) are all down-sample convs; choose other --layers."
             )
-    out, logdir = outputs(args)
-    with user_input():
-        image = load_image(args.image, channels=args.input_channels)
-    device = next(model.parameters()).device
-    with user_input("preprocessing the image failed: "):
-        x = loaded.transform(image).to(device)
+    return names
+
+
+def _capture(
+    args: argparse.Namespace, model: Any, x: torch.Tensor, names: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The hook-mode and chain-mode maps ``--mode`` asks for (empty for a mode not asked)."""
+    from torch_featureviz.capture.chain import chain_feature_maps
+
     hook: dict[str, torch.Tensor] = {}
     chain: dict[str, torch.Tensor] = {}
     if args.mode in ("hook", "both"):
@@ -79,8 +68,26 @@ def run(args: argparse.Namespace) -> int:
         with user_input("chain mode: "):
             full = chain_feature_maps(model, x, max_channels=args.max_channels)
         chain = {n: full[n] for n in names if n in full}
-    similarity = map_similarities(chain, hook)
+    return hook, chain
 
+
+def _save(
+    args: argparse.Namespace,
+    x: torch.Tensor,
+    maps: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+    similarity: dict[str, float],
+    out: Path | None,
+    logdir: Path | None,
+) -> list[Path]:
+    """Write the input, each mode's maps and the comparison as figures and/or logs."""
+    from torch_featureviz.render.figures import (
+        save_comparison_figures,
+        save_feature_figures,
+        save_grid_figure,
+    )
+    from torch_featureviz.render.grids import to_display_image
+
+    hook, chain = maps
     written: list[Path] = []
     # The input as an image: its RGB channels (--input-channels N > 3 repeats them), or gray.
     shown = x[:, :3] if x.shape[1] >= 3 else x[:, :1]
@@ -90,11 +97,12 @@ def run(args: argparse.Namespace) -> int:
             written.append(save_grid_figure(to_display_image(shown), path, title="input"))
         if writer is not None:
             writer.log_image(shown, 0, name="image")
-        for mode, maps in (("hook", hook), ("chain", chain)):
-            if maps:
+        for mode, mode_maps in (("hook", hook), ("chain", chain)):
+            if mode_maps:
                 with progress_bar(args, f"{mode} maps") as progress:
                     written += save_feature_figures(
-                        maps, out, mode=mode, cmap=args.cmap, writer=writer, progress=progress
+                        mode_maps, out, mode=mode, cmap=args.cmap, writer=writer,
+                        progress=progress,
                     )
         if similarity:
             with progress_bar(args, "chain vs hook") as progress:
@@ -107,6 +115,30 @@ def run(args: argparse.Namespace) -> int:
                     writer=writer,
                     progress=progress,
                 )
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch_featureviz.loading.images import load_image
+    from torch_featureviz.render.figures import map_similarities
+
+    loaded = load(args)
+    if loaded.weights is not None and args.input_size is not None:
+        warn(
+            args,
+            f"--input-size is ignored with --weights: {loaded.weights} brings its own transforms.",
+        )
+    model = loaded.model
+    names = _layer_names(model, args)
+    out, logdir = outputs(args)
+    with user_input():
+        image = load_image(args.image, channels=args.input_channels)
+    device = next(model.parameters()).device
+    with user_input("preprocessing the image failed: "):
+        x = loaded.transform(image).to(device)
+    hook, chain = _capture(args, model, x, names)
+    similarity = map_similarities(chain, hook)
+    written = _save(args, x, (hook, chain), similarity, out, logdir)
 
     say(args, f"model: {loaded.description}; image: {args.image or 'built-in (Grace Hopper)'}")
     say(args, f"input {tuple(x.shape)}; mode {args.mode}; {len(hook or chain)} layers")

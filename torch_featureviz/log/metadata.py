@@ -27,7 +27,13 @@ LAYERS_VERSION = 1
 
 
 def layers_tag(prefix: str | None = None) -> str:
-    """The tag of the layer-order summary: ``[<prefix>/]featureviz/layers``."""
+    """The tag of the layer-order summary: ``[<prefix>/]featureviz/layers``.
+
+    Example::
+
+        >>> layers_tag(), layers_tag("G")
+        ('featureviz/layers', 'G/featureviz/layers')
+    """
     return make_tag("featureviz", "layers", prefix=prefix)
 
 

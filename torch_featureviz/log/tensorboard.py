@@ -138,6 +138,53 @@ def _image_value(tag: str, png: tuple[int, int, int, bytes]) -> Any:
     return Summary.Value(tag=tag, image=image)
 
 
+def _encode_all(
+    encode: Callable[[torch.Tensor], tuple[int, int, int, bytes]],
+    items: list[torch.Tensor],
+    threads: int,
+) -> list[tuple[int, int, int, bytes]]:
+    """``encode`` each grid, on up to ``threads`` threads when there are several: zlib and the
+    device-to-host copy release the GIL. The pool lives for this call only: no thread outlives
+    it."""
+    if len(items) <= 1 or threads <= 1:
+        return [encode(grid) for grid in items]
+    workers = min(threads, len(items))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="featureviz-png") as pool:
+            return list(pool.map(encode, items))
+    except RuntimeError as e:  # an atexit flush during interpreter shutdown: no new threads
+        if "shutdown" not in str(e):
+            raise
+        return [encode(grid) for grid in items]
+
+
+def _scalar_layout(
+    prefix: str | None,
+    groups: Mapping[str, Iterable[str]],
+    stats: Iterable[str],
+    summaries: Iterable[str],
+) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout of :meth:`TensorBoardWriter.log_scalar_layout`: its charts,
+    each a ``["Multiline", [tag regexes]]``, by category."""
+    layout: dict[str, dict[str, list[Any]]] = {}
+    names = list(summaries)
+    if names:
+        tags = [re.escape(make_tag("summary", n, prefix=prefix)) + "$" for n in names]
+        layout["featureviz summary"] = {"model-wide": ["Multiline", tags]}
+    for group, keys in groups.items():
+        layer_tags = [layer_tag(k) for k in keys]
+        title = f"{prefix}/{group}" if prefix else group
+        layout[title] = {
+            f"{group} {stat}": [
+                "Multiline",
+                [re.escape(make_tag("activations", t, stat, prefix=prefix)) + "$"
+                 for t in layer_tags],
+            ]
+            for stat in stats
+        }
+    return layout
+
+
 class TensorBoardWriter:
     """Write torch_featureviz grids, images and scalars to TensorBoard event files.
 
@@ -305,25 +352,9 @@ class TensorBoardWriter:
         Returns:
             The number of charts.
         """
-        import re as _re
-
         from torch.utils.tensorboard.summary import custom_scalars
 
-        layout: dict[str, dict[str, list[Any]]] = {}
-        names = list(summaries)
-        if names:
-            tags = [_re.escape(self.tag("summary", n)) + "$" for n in names]
-            layout["featureviz summary"] = {"model-wide": ["Multiline", tags]}
-        for group, keys in groups.items():
-            layer_tags = [layer_tag(k) for k in keys]
-            title = f"{self.prefix}/{group}" if self.prefix else group
-            layout[title] = {
-                f"{group} {stat}": [
-                    "Multiline",
-                    [_re.escape(self.tag("activations", t, stat)) + "$" for t in layer_tags],
-                ]
-                for stat in stats
-            }
+        layout = _scalar_layout(self.prefix, groups, stats, summaries)
         self.add_summary(custom_scalars(layout), step)
         return sum(len(charts) for charts in layout.values())
 
@@ -412,27 +443,11 @@ class TensorBoardWriter:
     ) -> list[str]:
         tags = unique_tags(head[0], grids, *head[1:], prefix=self.prefix)
         self._check_open()
-        items = list(grids.values())
-        if len(items) > 1 and self.encode_threads > 1:
-            pngs = self._encode_in_parallel(items)
-        else:
-            pngs = [self._encode(grid) for grid in items]
+        pngs = _encode_all(self._encode, list(grids.values()), self.encode_threads)
         self._add_values(
             [_image_value(tag, png) for tag, png in zip(tags, pngs, strict=True)], step
         )
         return tags
-
-    def _encode_in_parallel(self, items: list[torch.Tensor]) -> list[tuple[int, int, int, bytes]]:
-        """zlib and the device-to-host copy release the GIL: PNGs are encoded on a few threads.
-        The pool lives for this call only: no thread outlives it."""
-        workers = min(self.encode_threads, len(items))
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="featureviz-png") as pool:
-                return list(pool.map(self._encode, items))
-        except RuntimeError as e:  # an atexit flush during interpreter shutdown: no new threads
-            if "shutdown" not in str(e):
-                raise
-            return [self._encode(grid) for grid in items]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -72,11 +72,73 @@ def _json(request: Any, payload: Any) -> wrappers.Response:
     return http_util.Respond(request, payload, "application/json")
 
 
+def _pixels(data: bytes) -> np.ndarray:
+    """A PNG's pixels as an ``(H, W, 3)`` uint8 array."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _parse_history(datums: list[Any], layer: str) -> list[tuple[int, list[int]]] | None:
+    """``[(step, channel of each tile)]`` of ``layer`` from ``featureviz/channels`` text datums,
+    by step; ``None`` when none names the layer."""
+    history = []
+    for d in sorted(datums, key=lambda d: d.step):
+        raw = d.numpy.reshape(-1)
+        value = raw[0] if raw.size else b""
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        labels = parse_channels_text(text).get(layer)
+        if labels is not None:
+            history.append((int(d.step), labels))
+    return history or None
+
+
+def _channels_at(history: list[tuple[int, list[int]]] | None, step: int) -> list[int] | None:
+    """The tiles' channels at ``step``: those logged then, or the latest before it (a choice
+    holds until the next refresh)."""
+    if history is None:
+        return None
+    before = [labels for s, labels in history if s <= step]
+    return before[-1] if before else None
+
+
+def _even_steps(steps: list[int], most: int) -> list[int]:
+    """At most ``most`` of the sorted ``steps``, evenly spaced, first and last included."""
+    if len(steps) > most:
+        steps = [steps[round(i * (len(steps) - 1) / (most - 1))] for i in range(most)] \
+            if most > 1 else steps[-1:]
+        steps = sorted(set(steps))
+    return steps
+
+
+def _strip_png(tiles: list[np.ndarray]) -> bytes:
+    """The ``(h, w, 3)`` tiles side by side, 1 px of white between them, as one PNG."""
+    from PIL import Image
+
+    height = max(t.shape[0] for t in tiles)
+    strip = np.full((height, sum(t.shape[1] + 1 for t in tiles) - 1, 3), 255, np.uint8)
+    x = 0
+    for t in tiles:
+        strip[: t.shape[0], x : x + t.shape[1]] = t
+        x += t.shape[1] + 1
+    buffer = io.BytesIO()
+    Image.fromarray(strip).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 class FeatureVizPlugin(base_plugin.TBPlugin):
     """The featureviz tab: one layer's views at one step, statistics and a dead-channel map.
 
     Args:
         context: TensorBoard's ``TBContext``; only its ``data_provider`` is used.
+
+    Example::
+
+        >>> from tensorboard.plugins import base_plugin
+        >>> plugin = FeatureVizPlugin(base_plugin.TBContext(data_provider=None))
+        >>> plugin.plugin_name, plugin.is_active(), sorted(plugin.get_plugin_apps())[:3]
+        ('featureviz', False, ['/deadmap', '/image', '/index'])
     """
 
     plugin_name = PLUGIN_NAME
@@ -245,24 +307,18 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
                          _int_arg(request, "step"))
         return http_util.Respond(request, data, "image/png", expires=3600)
 
-    def _pixels(self, data: bytes) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-
     @_application
     def _serve_tiles(self, request: Any) -> wrappers.Response:
         ctx, eid = self._where(request)
         data = self._png(ctx, eid, _arg(request, "run"), _arg(request, "tag"),
                          _int_arg(request, "step"))
-        pixels = self._pixels(data)
+        pixels = _pixels(data)
         try:
             geometry = grid_geometry(pixels)
         except ValueError as e:
             raise errors.InvalidArgumentError(str(e)) from None
         history = self._channel_history(ctx, eid, _arg(request, "run"), _arg(request, "tag"))
-        channels = self._channels_at(history, _int_arg(request, "step"))
+        channels = _channels_at(history, _int_arg(request, "step"))
         return _json(request, {"width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
                                **geometry.as_dict(), "channels": channels})
 
@@ -283,29 +339,10 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
             run_tag_filter=provider.RunTagFilter(runs=[run], tags=tags),
         ).get(run, {})
         datums: list[Any] = next((data[t] for t in tags if data.get(t)), [])
-        history = []
-        for d in sorted(datums, key=lambda d: d.step):
-            raw = d.numpy.reshape(-1)
-            value = raw[0] if raw.size else b""
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-            labels = parse_channels_text(text).get(info.layer)
-            if labels is not None:
-                history.append((int(d.step), labels))
-        return history or None
-
-    @staticmethod
-    def _channels_at(history: list[tuple[int, list[int]]] | None, step: int) -> list[int] | None:
-        """The tiles' channels at ``step``: those logged then, or the latest before it (a
-        choice holds until the next refresh)."""
-        if history is None:
-            return None
-        before = [labels for s, labels in history if s <= step]
-        return before[-1] if before else None
+        return _parse_history(datums, info.layer)
 
     @_application
     def _serve_strip(self, request: Any) -> wrappers.Response:
-        from PIL import Image
-
         ctx, eid = self._where(request)
         run, tag = _arg(request, "run"), _arg(request, "tag")
         channel = _int_arg(request, "channel")
@@ -314,16 +351,13 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         steps = sorted(keys)
         if not steps:
             raise errors.NotFoundError(f"no images for run {run!r}, tag {tag!r}")
-        if len(steps) > most:  # evenly spaced, first and last included
-            steps = [steps[round(i * (len(steps) - 1) / (most - 1))] for i in range(most)] \
-                if most > 1 else steps[-1:]
-            steps = sorted(set(steps))
+        steps = _even_steps(steps, most)
         # ``channel`` is a model channel: under channels="top"/"changed" its tile moves (or is
         # not shown) from one refresh to the next, so each step's labels say where it is.
         history = self._channel_history(ctx, eid, run, tag)
         placed = []
         for step in steps:
-            labels = self._channels_at(history, step)
+            labels = _channels_at(history, step)
             if labels is None:
                 placed.append((step, channel))
             elif channel in labels:
@@ -333,22 +367,14 @@ class FeatureVizPlugin(base_plugin.TBPlugin):
         steps = [step for step, _ in placed]
         tiles = []
         for step, index in placed:
-            pixels = self._pixels(bytes(self._provider.read_blob(ctx, blob_key=keys[step])))
+            pixels = _pixels(bytes(self._provider.read_blob(ctx, blob_key=keys[step])))
             try:
                 box = grid_geometry(pixels).box(index)
             except (ValueError, IndexError) as e:
                 raise errors.InvalidArgumentError(str(e)) from None
             left, top, right, bottom = box
             tiles.append(pixels[top:bottom, left:right])
-        height = max(t.shape[0] for t in tiles)
-        strip = np.full((height, sum(t.shape[1] + 1 for t in tiles) - 1, 3), 255, np.uint8)
-        x = 0
-        for t in tiles:
-            strip[: t.shape[0], x : x + t.shape[1]] = t
-            x += t.shape[1] + 1
-        buffer = io.BytesIO()
-        Image.fromarray(strip).save(buffer, "PNG")
-        response = http_util.Respond(request, buffer.getvalue(), "image/png")
+        response = http_util.Respond(request, _strip_png(tiles), "image/png")
         response.headers["X-Featureviz-Steps"] = ",".join(str(s) for s in steps)
         return response
 
