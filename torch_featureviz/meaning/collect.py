@@ -37,6 +37,17 @@ class ChannelPeaks(PassObserver):
 
     Args:
         max_channels: reduce only the first ``max_channels`` channels (``None``: all).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch_featureviz.capture import FeatureCapture
+        >>> net, peaks = nn.Conv2d(3, 2, 3), ChannelPeaks()
+        >>> with FeatureCapture(net, observers=[peaks]):
+        ...     _ = net(torch.rand(4, 3, 8, 8))
+        >>> [tuple(t.shape) for t in peaks.peaks[""]]
+        [(4, 2), (4, 2, 2)]
     """
 
     def __init__(self, max_channels: int | None = None) -> None:

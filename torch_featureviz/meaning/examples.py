@@ -78,7 +78,13 @@ class Example:
 @dataclass(frozen=True)
 class TopKEntry:
     """One kept entry of a :class:`TopK`: its value, stream index, step, map location and the
-    payload the crop callback returned for it."""
+    payload the crop callback returned for it.
+
+    Example::
+
+        >>> TopKEntry(2.0, 5, None, (1, 3), "crop").index
+        5
+    """
 
     value: float
     index: int

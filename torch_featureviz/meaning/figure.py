@@ -79,7 +79,17 @@ def examples_figure_image(
     max_channels: int = 16,
 ) -> torch.Tensor:
     """The figure of :func:`save_examples_figure` as a ``(3, H, W)`` uint8 image (for a
-    TensorBoard writer's ``log_grid``)."""
+    TensorBoard writer's ``log_grid``).
+
+    Example::
+
+        >>> import torch
+        >>> from torch_featureviz.meaning import Example
+        >>> ex = Example(1.5, 3, None, (0, 0), (0, 0, 5, 5), torch.rand(3, 5, 5))
+        >>> image = examples_figure_image(Examples({"conv1": {0: [ex]}}, k=1), "conv1")
+        >>> image.dtype, image.shape[0]
+        (torch.uint8, 3)
+    """
     fig = _figure(examples, layer, channels, max_channels)
     fig.canvas.draw()
     pixels = torch.from_numpy(numpy.asarray(fig.canvas.buffer_rgba())[:, :, :3].copy())
