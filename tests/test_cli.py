@@ -457,7 +457,7 @@ def test_a_new_command_is_one_registration(
     assert (code, out) == (0, "hello resnet18\n")
     with pytest.raises(SystemExit):
         cli.main([])
-    expected = "choose a command: info, filters, maps, timelapse, demo, bench or hello"
+    expected = "choose a command: info, filters, maps, examples, timelapse, demo, bench or hello"
     assert expected in capsys.readouterr().err
 
 

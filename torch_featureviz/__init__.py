@@ -24,6 +24,12 @@ from torch_featureviz.loading import (
     sample_image_path,
 )
 from torch_featureviz.log import TensorBoardWriter, tensorboard_command
+from torch_featureviz.meaning import (
+    Examples,
+    collect_examples,
+    receptive_fields,
+    save_examples_figure,
+)
 from torch_featureviz.monitor import FeatureMonitor
 from torch_featureviz.naming import layer_tag
 from torch_featureviz.render import (
@@ -31,6 +37,7 @@ from torch_featureviz.render import (
     make_filter_grid,
     make_image_grid,
     map_similarity,
+    overlay_map,
     save_comparison_figure,
     save_feature_figures,
     save_filter_figures,
@@ -43,6 +50,7 @@ from torch_featureviz.render import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Examples",
     "Extractor",
     "FeatureCapture",
     "FeatureMonitor",
@@ -52,6 +60,7 @@ __all__ = [
     "__version__",
     "capture_feature_maps",
     "chain_feature_maps",
+    "collect_examples",
     "find_conv_layers",
     "find_linear_layers",
     "layer_tag",
@@ -61,10 +70,13 @@ __all__ = [
     "make_filter_grid",
     "make_image_grid",
     "map_similarity",
+    "overlay_map",
     "preprocess",
     "preserved_state",
+    "receptive_fields",
     "sample_image_path",
     "save_comparison_figure",
+    "save_examples_figure",
     "save_feature_figures",
     "save_filter_figures",
     "save_grid_figure",

@@ -6,6 +6,7 @@ Commands::
     featureviz info MODEL       the Extractor summary and a table of every conv layer
     featureviz filters MODEL    filter grids as figures (--out) and/or TensorBoard logs (--logdir)
     featureviz maps MODEL       feature maps of an image, hook mode, chain mode or both compared
+    featureviz examples MODEL   each channel's top-k dataset examples from a folder of images
     featureviz demo ...         the built-in training demo (torch_featureviz.demo)
     featureviz bench ...        the capture benchmark (benchmarks.bench_capture, source checkout)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch_featureviz
-from torch_featureviz.cli import bench, demo, filters, info, maps, timelapse
+from torch_featureviz.cli import bench, demo, examples, filters, info, maps, timelapse
 from torch_featureviz.cli.common import (
     EPILOG,
     EXIT_INTERNAL,
@@ -31,6 +31,7 @@ COMMANDS: list[Callable[[Any, Parents], None]] = [
     info.register,
     filters.register,
     maps.register,
+    examples.register,
     timelapse.register,
     demo.register,
     bench.register,
