@@ -84,7 +84,8 @@ def test_monitor_logs_to_a_memory_url(tmp_path: Path) -> None:
 
 def test_cli_logdir_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = memory_url()
-    code = cli.main(["filters", "--model-class", "tests.support.helpers:TinyNet", "--logdir", url, "-q"])
+    model = "tests.support.helpers:TinyNet"
+    code = cli.main(["filters", "--model-class", model, "--logdir", url, "-q"])
     assert code == 0, capsys.readouterr().err
     ea = load_remote(url, tmp_path)
     assert [e.step for e in ea.Images("filters/stem.0")] == [0]

@@ -40,7 +40,7 @@ def _root_is_running(capture: Any) -> bool:
     """Whether a module carrying ``capture``'s root hook is running on this thread's stack
     (the root itself, or a replica sharing its hooks)."""
     call_impl = torch.nn.Module._call_impl.__code__
-    frame = sys._getframe(2)
+    frame: Any = sys._getframe(2)
     while frame is not None:
         if frame.f_code is call_impl:
             module = frame.f_locals.get("self")

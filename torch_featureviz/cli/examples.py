@@ -48,8 +48,10 @@ def _batches(
     import torch
     from tqdm import tqdm
 
+    from torch_featureviz.cli.infer import resolve_channels
     from torch_featureviz.loading.images import load_image
 
+    resolve_channels(args, loaded.model)  # 1 for a grayscale first conv, as `maps` does
     device = next(loaded.model.parameters()).device
     pending: list[Any] = []
     bar = tqdm(files, desc="images", unit="image", file=sys.stderr, disable=args.quiet,

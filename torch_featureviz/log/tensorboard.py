@@ -260,8 +260,9 @@ class TensorBoardWriter:
         self._events: Any
         if is_url(log_dir):
             # An fsspec URL: one file per writer, kept open ("wb": object stores cannot append).
-            fs, remote = remote_dir(log_dir)
-            self._log_dir = log_dir.rstrip("/")
+            url = str(log_dir)
+            fs, remote = remote_dir(url)
+            self._log_dir = url.rstrip("/")
             open_remote = opener or (lambda p: fs.open(p, "wb"))
             self._events = _EventFile(remote, open_remote, local=False)
         elif isinstance(log_dir, (str, os.PathLike)):
