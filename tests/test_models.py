@@ -150,7 +150,7 @@ def test_checkpoint_that_is_not_a_pure_state_dict_is_refused(tmp_path: Path) -> 
     whole = tmp_path / "whole.pt"
     torch.save(tiny_net(), whole)
     with pytest.raises(ModelLoadError, match=r"not a pure state dict: it pickles Python objects "
-                       r"\(such as tests\.helpers\.TinyNet\)"):
+                       r"\(such as tests\.support\.helpers\.TinyNet\)"):
         load_model(model_class="tests.support.helpers:TinyNet", checkpoint=whole)
     listed = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], listed)
